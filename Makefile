@@ -1,0 +1,51 @@
+# sesscache: `make run` starts the server, `make test` runs every check.
+# Both set up the virtual environment and the generated stubs when needed.
+
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+PY     := $(BIN)/python
+STAMP  := $(VENV)/.installed
+PROTO  := protos/sesscache/v1/sesscache.proto
+GEN    := sesscache/v1/sesscache_pb2.py sesscache/v1/sesscache_pb2.pyi \
+          sesscache/v1/sesscache_pb2_grpc.py sesscache/v1/sesscache_pb2_grpc.pyi
+PYTEST_ARGS ?=
+
+.PHONY: all setup proto run test lint typecheck pytest bench soak scale-demo clean
+
+all: test
+
+setup: $(STAMP) $(GEN)
+
+# The virtual environment, rebuilt when a pinned list changes.
+$(STAMP): requirements.txt requirements-dev.txt
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --disable-pip-version-check -r requirements-dev.txt
+	touch $@
+
+# Python stubs for protos/, package-qualified (`sesscache.v1`), with mypy stubs.
+$(GEN) &: $(PROTO) $(STAMP)
+	PATH="$(abspath $(BIN)):$$PATH" $(PY) -m grpc_tools.protoc -Iprotos \
+	    --python_out=. --grpc_python_out=. --mypy_out=quiet:. --mypy_grpc_out=quiet:. $(PROTO)
+
+proto: $(STAMP)
+	rm -f $(GEN)
+	$(MAKE) $(GEN)
+
+run: setup
+	$(PY) -m server $(ARGS)
+
+lint: setup
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+typecheck: setup
+	$(BIN)/mypy
+
+pytest: setup
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+test: lint typecheck pytest
+
+clean:
+	rm -rf $(VENV) $(GEN) .mypy_cache .ruff_cache .pytest_cache .hypothesis
