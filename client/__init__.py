@@ -1,0 +1,53 @@
+"""sesscache client: a thin, typed Python client for the sesscache gRPC service.
+
+``Client`` connects to a server; ``Client.session()`` gives a ``Session`` whose calls
+share one server-side ORM session and cache. Failed calls raise the exceptions of
+``client.errors`` (all subclasses of ``SesscacheError``). ``python -m client`` is
+the command line tool (see ``client.cli``).
+"""
+
+from client._client import (
+    DEFAULT_TARGET,
+    DEFAULT_TIMEOUT,
+    SERVICE_NAME,
+    SESSION_ID_METADATA_KEY,
+    Client,
+    PersonViewArg,
+    Session,
+    new_session_id,
+    validate_session_id,
+)
+from client.errors import (
+    DeadlineExceeded,
+    InvalidArgument,
+    PermissionDenied,
+    ResourceExhausted,
+    ServerError,
+    SesscacheError,
+    SessionNotFound,
+    Unauthenticated,
+    Unavailable,
+    from_rpc_error,
+)
+
+__all__ = [
+    "DEFAULT_TARGET",
+    "DEFAULT_TIMEOUT",
+    "SERVICE_NAME",
+    "SESSION_ID_METADATA_KEY",
+    "Client",
+    "DeadlineExceeded",
+    "InvalidArgument",
+    "PermissionDenied",
+    "PersonViewArg",
+    "ResourceExhausted",
+    "ServerError",
+    "SesscacheError",
+    "Session",
+    "SessionNotFound",
+    "Unauthenticated",
+    "Unavailable",
+    "from_rpc_error",
+    "new_session_id",
+    "validate_session_id",
+]

@@ -1,0 +1,245 @@
+"""Exceptions raised by the sesscache client, and the one place gRPC errors become them.
+
+Every call of :class:`client.Client` and :class:`client.Session` that fails with a
+gRPC status raises one of these, never a bare :class:`grpc.RpcError` (the original
+error is chained as ``__cause__``). :func:`from_rpc_error` does the mapping.
+
+Exception tree::
+
+    SesscacheError          base: .code (grpc.StatusCode), .message (str),
+    │                       .details (google.protobuf.Any details of the status)
+    ├── InvalidArgument     INVALID_ARGUMENT; also a ValueError. .field_violations is
+    │                       [(field, description), ...] from google.rpc.BadRequest.
+    │                       Raised locally too, e.g. for a malformed session id.
+    ├── SessionNotFound     NOT_FOUND: the session the call needs does not exist.
+    ├── Unavailable         UNAVAILABLE: server or its database unreachable; retryable.
+    ├── DeadlineExceeded    DEADLINE_EXCEEDED: the call's timeout passed.
+    ├── ResourceExhausted   RESOURCE_EXHAUSTED: the server is full.
+    ├── Unauthenticated     UNAUTHENTICATED: token missing or not accepted.
+    ├── PermissionDenied    PERMISSION_DENIED: token not allowed to do this.
+    └── ServerError         any other status (INTERNAL, UNIMPLEMENTED, UNKNOWN, ...).
+
+``str(error)`` is one line, ``"<CODE>: <message>"``, fit for a command line tool.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import ClassVar
+
+import grpc
+from google.protobuf import any_pb2
+from google.rpc import error_details_pb2, status_pb2
+from grpc_status import rpc_status
+
+__all__ = [
+    "DeadlineExceeded",
+    "InvalidArgument",
+    "PermissionDenied",
+    "ResourceExhausted",
+    "ServerError",
+    "SesscacheError",
+    "SessionNotFound",
+    "Unauthenticated",
+    "Unavailable",
+    "from_rpc_error",
+]
+
+
+class SesscacheError(Exception):
+    """A sesscache call failed; base of every error the client raises for a call."""
+
+    #: The status code an instance gets when none is given.
+    default_code: ClassVar[grpc.StatusCode] = grpc.StatusCode.UNKNOWN
+    #: Whether the same call may succeed if simply tried again later.
+    retryable: ClassVar[bool] = False
+
+    code: grpc.StatusCode
+    message: str
+    details: tuple[any_pb2.Any, ...]
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        code: grpc.StatusCode | None = None,
+        details: Sequence[any_pb2.Any] = (),
+    ) -> None:
+        super().__init__(message)
+        self.code = code if code is not None else self.default_code
+        self.message = message
+        self.details = tuple(details)
+
+    def __str__(self) -> str:
+        return f"{self.code.name}: {self.message}"
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(code={self.code.name}, message={self.message!r})"
+
+
+class InvalidArgument(SesscacheError, ValueError):
+    """INVALID_ARGUMENT: the request (or the session id) was rejected.
+
+    ``field_violations`` lists ``(field, description)`` pairs, e.g.
+    ``[("page_size", "must not be negative")]``, from the google.rpc.BadRequest
+    detail; it is empty when the server sent none.
+    """
+
+    default_code = grpc.StatusCode.INVALID_ARGUMENT
+
+    field_violations: list[tuple[str, str]]
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        code: grpc.StatusCode | None = None,
+        details: Sequence[any_pb2.Any] = (),
+        field_violations: Sequence[tuple[str, str]] = (),
+    ) -> None:
+        super().__init__(message, code=code, details=details)
+        self.field_violations = list(field_violations)
+
+    def __str__(self) -> str:
+        if self.field_violations:
+            text = "; ".join(
+                f"{field}: {description}" for field, description in self.field_violations
+            )
+            return f"{self.code.name}: {text}"
+        return super().__str__()
+
+
+class SessionNotFound(SesscacheError):
+    """NOT_FOUND: the session the call needs does not exist on the server.
+
+    Sessions live in the memory of one server process: a session is gone once it
+    was ended, was reaped after being idle, or the server restarted. A query
+    naming the same session id starts a new, empty session.
+    """
+
+    default_code = grpc.StatusCode.NOT_FOUND
+
+    #: Appended to ``str(error)``: why a session the caller used may be gone.
+    hint: ClassVar[str] = (
+        "sessions live in the memory of one server process: a session is gone once it "
+        "was ended, was reaped after being idle, or the server restarted"
+    )
+
+    session_id: str | None
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        code: grpc.StatusCode | None = None,
+        details: Sequence[any_pb2.Any] = (),
+        session_id: str | None = None,
+    ) -> None:
+        super().__init__(message, code=code, details=details)
+        self.session_id = session_id
+
+    def __str__(self) -> str:
+        which = f"session {self.session_id!r}: " if self.session_id is not None else ""
+        return f"{self.code.name}: {which}{self.message} ({self.hint})"
+
+
+class Unavailable(SesscacheError):
+    """UNAVAILABLE: the server, or the database behind it, cannot be reached. Retry later."""
+
+    default_code = grpc.StatusCode.UNAVAILABLE
+    retryable = True
+
+
+class DeadlineExceeded(SesscacheError):
+    """DEADLINE_EXCEEDED: the call did not finish within its timeout."""
+
+    default_code = grpc.StatusCode.DEADLINE_EXCEEDED
+
+
+class ResourceExhausted(SesscacheError):
+    """RESOURCE_EXHAUSTED: the server is full (too many sessions or calls)."""
+
+    default_code = grpc.StatusCode.RESOURCE_EXHAUSTED
+
+
+class Unauthenticated(SesscacheError):
+    """UNAUTHENTICATED: the server wants a bearer token, or did not accept the one sent."""
+
+    default_code = grpc.StatusCode.UNAUTHENTICATED
+
+
+class PermissionDenied(SesscacheError):
+    """PERMISSION_DENIED: the token is valid but not allowed to make this call."""
+
+    default_code = grpc.StatusCode.PERMISSION_DENIED
+
+
+class ServerError(SesscacheError):
+    """Any other status: INTERNAL, UNIMPLEMENTED, UNKNOWN, CANCELLED, ..."""
+
+
+_SIMPLE: dict[grpc.StatusCode, type[SesscacheError]] = {
+    grpc.StatusCode.UNAVAILABLE: Unavailable,
+    grpc.StatusCode.DEADLINE_EXCEEDED: DeadlineExceeded,
+    grpc.StatusCode.RESOURCE_EXHAUSTED: ResourceExhausted,
+    grpc.StatusCode.UNAUTHENTICATED: Unauthenticated,
+    grpc.StatusCode.PERMISSION_DENIED: PermissionDenied,
+}
+
+
+def from_rpc_error(exc: grpc.RpcError, *, session_id: str | None = None) -> SesscacheError:
+    """Map a failed gRPC call to the client's exception for its status code.
+
+    ``session_id`` is the session the call was made in, if any; it only makes
+    the message of :class:`SessionNotFound` more useful. The rich status
+    (``grpc-status-details-bin``) is read with grpc_status; a BadRequest detail
+    becomes :attr:`InvalidArgument.field_violations`.
+    """
+    code = _code_of(exc)
+    message = _message_of(exc, code)
+    rich = _rich_status_of(exc)
+    details: list[any_pb2.Any] = list(rich.details) if rich is not None else []
+
+    if code is grpc.StatusCode.INVALID_ARGUMENT:
+        return InvalidArgument(
+            message, code=code, details=details, field_violations=_field_violations(details)
+        )
+    if code is grpc.StatusCode.NOT_FOUND:
+        return SessionNotFound(message, code=code, details=details, session_id=session_id)
+    cls = _SIMPLE.get(code, ServerError)
+    return cls(message, code=code, details=details)
+
+
+def _code_of(exc: grpc.RpcError) -> grpc.StatusCode:
+    # A bare grpc.RpcError (e.g. from a custom interceptor) need not have code().
+    code_method = getattr(exc, "code", None)
+    code = code_method() if callable(code_method) else None
+    return code if isinstance(code, grpc.StatusCode) else grpc.StatusCode.UNKNOWN
+
+
+def _message_of(exc: grpc.RpcError, code: grpc.StatusCode) -> str:
+    details_method = getattr(exc, "details", None)
+    message = details_method() if callable(details_method) else None
+    if isinstance(message, str) and message:
+        return message
+    return code.name.lower().replace("_", " ")
+
+
+def _rich_status_of(exc: grpc.RpcError) -> status_pb2.Status | None:
+    if not isinstance(exc, grpc.Call):
+        return None
+    try:
+        status: status_pb2.Status | None = rpc_status.from_call(exc)
+    except ValueError:
+        # The rich status contradicts the call's own code or message: ignore it.
+        return None
+    return status
+
+
+def _field_violations(details: Sequence[any_pb2.Any]) -> list[tuple[str, str]]:
+    violations: list[tuple[str, str]] = []
+    for detail in details:
+        bad_request = error_details_pb2.BadRequest()
+        if detail.Unpack(bad_request):  # False for other detail types
+            violations.extend((v.field, v.description) for v in bad_request.field_violations)
+    return violations

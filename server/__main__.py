@@ -1,0 +1,7 @@
+"""``python -m server``: run the sesscache gRPC server (see ``--help``)."""
+
+import sys
+
+from server.app import main
+
+sys.exit(main())

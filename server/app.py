@@ -1,0 +1,202 @@
+"""Building and running the server: ``prepare()``, ``start()``, ``serve()``, ``main()``.
+
+One shape, as in grpc's examples: the database is made ready first (waiting
+for it with back-off, creating and seeding the schema once), then the aio
+server starts with the SessionCache service, the standard health service and
+server reflection, and serves until SIGTERM or SIGINT. Then health turns
+NOT_SERVING, new calls are refused, calls in flight get ``grace`` seconds
+to finish, and the process exits 0.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import sys
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+from sqlalchemy import Engine, make_url
+from sqlalchemy.orm import sessionmaker
+
+from server import config
+from server.interceptors import AccessLogInterceptor, ErrorInterceptor
+from server.paging import PageTokens
+from server.service import PersonService
+from server.servicer import SessionCacheServicer
+from sesscache import db
+from sesscache.caching import QueryCache
+from sesscache.regions import RegionSettings, make_regions
+from sesscache.registry import Limits, SessionRegistry
+from sesscache.v1 import sesscache_pb2 as pb
+from sesscache.v1 import sesscache_pb2_grpc as pb_grpc
+
+log = logging.getLogger("sesscache.server")
+
+SERVICE_NAME = pb.DESCRIPTOR.services_by_name["SessionCache"].full_name
+
+
+def prepare(settings: config.Settings) -> Engine:
+    """The engine, once the database answers and holds the schema and fixtures.
+
+    Raises :class:`sesscache.db.DatabaseUnavailable` when the database cannot
+    be reached within ``db_startup_attempts``.
+    """
+    url = make_url(settings.effective_database_url())
+    if url.get_backend_name() == "sqlite" and url.database not in (None, "", ":memory:"):
+        Path(str(url.database)).parent.mkdir(parents=True, exist_ok=True)
+    engine = db.make_engine(
+        url,
+        db.PoolSettings(
+            size=settings.pool_size,
+            max_overflow=settings.pool_max_overflow,
+            timeout=settings.pool_timeout,
+            pre_ping=settings.pool_pre_ping,
+            recycle=settings.pool_recycle,
+            connect_timeout=settings.db_connect_timeout,
+        ),
+    )
+    try:
+        db.wait_for_database(
+            engine,
+            attempts=settings.db_startup_attempts,
+            max_backoff=settings.db_startup_max_backoff,
+        )
+        db.prepare_database(engine, persons=settings.seed_persons)
+    except BaseException:
+        engine.dispose()
+        raise
+    return engine
+
+
+@dataclass
+class Running:
+    """A started server and what it owns."""
+
+    server: grpc.aio.Server
+    port: int
+    health: Any  # grpc_health.v1.health.aio.HealthServicer
+    registry: SessionRegistry
+    executor: ThreadPoolExecutor
+    engine: Engine
+    tasks: list[asyncio.Task[None]] = field(default_factory=list)
+
+    async def stop(self, grace: float) -> None:
+        """Drain: NOT_SERVING, refuse new calls, let calls in flight finish within ``grace``."""
+        await self.health.enter_graceful_shutdown()
+        for task in self.tasks:
+            task.cancel()
+        await self.server.stop(grace)
+        self.executor.shutdown(wait=True, cancel_futures=True)
+        self.registry.close_all()
+        self.engine.dispose()
+
+
+async def start(settings: config.Settings, engine: Engine) -> Running:
+    """Start serving on ``settings.listen`` (port 0 picks a free port)."""
+    factory = sessionmaker(engine, expire_on_commit=False, autoflush=False)
+    registry = SessionRegistry(factory, limits=Limits())
+    backend, arguments = settings.shared_region()
+    regions = make_regions(
+        registry.current_session,
+        RegionSettings(
+            local_expiration=_expiration(settings.local_expiration),
+            shared_backend=backend,
+            shared_arguments=arguments,
+            shared_expiration=_expiration(settings.shared_region_expiration),
+        ),
+    )
+    QueryCache(regions).listen(factory)
+    tokens = PageTokens(settings.page_token_secret)
+    executor = ThreadPoolExecutor(settings.db_workers, thread_name_prefix="sesscache-db")
+    servicer = SessionCacheServicer(registry, PersonService(registry, tokens), tokens, executor)
+
+    server = grpc.aio.server(interceptors=[AccessLogInterceptor(), ErrorInterceptor()])
+    pb_grpc.add_SessionCacheServicer_to_server(servicer, server)
+    # The aio health servicer; grpc_health's type hints omit the `aio` alias.
+    health_servicer = health.aio.HealthServicer()  # type: ignore[attr-defined]
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    reflection.enable_server_reflection(
+        (
+            SERVICE_NAME,
+            health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+            reflection.SERVICE_NAME,
+        ),
+        server,
+    )
+    try:
+        port = server.add_insecure_port(settings.listen)
+    except RuntimeError as error:
+        executor.shutdown()
+        raise OSError(f"cannot listen on {settings.listen}: {error}") from None
+    await server.start()
+    for name in ("", SERVICE_NAME):
+        await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+    running = Running(server, port, health_servicer, registry, executor, engine)
+    running.tasks.append(asyncio.create_task(_reap(registry)))
+    return running
+
+
+def _expiration(seconds: float) -> float | None:
+    return None if seconds < 0 else seconds
+
+
+async def _reap(registry: SessionRegistry) -> None:
+    """End idle sessions now and then."""
+    timeout = registry.limits.idle_timeout
+    if timeout is None:
+        return
+    while True:
+        await asyncio.sleep(max(0.05, min(timeout / 4, 30.0)))
+        registry.reap()
+
+
+async def serve(settings: config.Settings, engine: Engine) -> int:
+    """Serve until SIGTERM or SIGINT, then drain; return the exit status."""
+    try:
+        running = await start(settings, engine)
+    except OSError as error:
+        log.error("%s", error)
+        engine.dispose()
+        return 1
+    host = settings.listen.rsplit(":", 1)[0]
+    log.info("sesscache serving on %s:%d (database %s)", host, running.port, _safe_url(engine))
+    stopping = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stopping.set)
+    await stopping.wait()
+    log.info("shutting down: draining calls in flight for up to %.1fs", settings.grace)
+    await running.stop(settings.grace)
+    log.info("stopped")
+    return 0
+
+
+def _safe_url(engine: Engine) -> str:
+    return engine.url.render_as_string(hide_password=True)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m server``: parse settings, prepare the database, serve."""
+    settings = config.load(argv)
+    logging.basicConfig(
+        level=settings.log_level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    try:
+        engine = prepare(settings)
+    except db.DatabaseUnavailable as error:
+        log.error("giving up: %s", error)
+        return 1
+    with contextlib.suppress(KeyboardInterrupt):
+        return asyncio.run(serve(settings, engine))
+    return 0

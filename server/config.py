@@ -1,0 +1,155 @@
+"""Server settings: every option is a command-line flag and an environment variable.
+
+Each :class:`Settings` field ``some_option`` is read from ``--some-option``,
+else from ``SESSCACHE_SOME_OPTION``, else its default. ``python -m server
+--help`` lists them all with their variables and defaults; the README
+documents them. :func:`environment_variables` names every variable the
+server reads (the docker-compose tests check the compose file against it).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import MISSING, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+ENV_PREFIX = "SESSCACHE_"
+
+
+def _opt(help: str, **kwargs: Any) -> Any:
+    return field(metadata={"help": help}, **kwargs)
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    """Everything the server can be told. See ``python -m server --help``."""
+
+    listen: str = _opt("address to listen on, HOST:PORT", default="127.0.0.1:50051")
+    database_url: str = _opt(
+        "SQLAlchemy database URL, e.g. postgresql+psycopg://user:pw@host/db "
+        "(default: a SQLite file in the data directory, created and seeded on first start)",
+        default="",
+    )
+    data_dir: str = _opt("folder for the default SQLite database", default="data")
+    seed_persons: int = _opt("fixture persons to seed (person 01 ...)", default=50)
+    log_level: str = _opt("log level: debug, info, warning, error", default="info")
+    grace: float = _opt("seconds in-flight calls get to finish on SIGTERM/SIGINT", default=10.0)
+    db_workers: int = _opt("threads running database work", default=16)
+    db_startup_attempts: int = _opt(
+        "connection attempts at start-up before giving up (back-off doubles, capped)", default=30
+    )
+    db_startup_max_backoff: float = _opt("longest wait between start-up attempts, s", default=5.0)
+    pool_size: int = _opt("database connections kept open", default=10)
+    pool_max_overflow: int = _opt("extra connections allowed under load", default=10)
+    pool_timeout: float = _opt("seconds a call waits for a free connection", default=5.0)
+    pool_pre_ping: bool = _opt("test pooled connections before use", default=True)
+    pool_recycle: int = _opt(
+        "seconds after which a connection is replaced (-1: never)", default=1800
+    )
+    db_connect_timeout: int = _opt("seconds to establish a database connection", default=5)
+    shared_region_backend: str = _opt(
+        "dogpile.cache backend of the shared 'default' region", default="dogpile.cache.memory"
+    )
+    shared_region_arguments: str = _opt(
+        "JSON object of arguments for the shared region's backend", default="{}"
+    )
+    shared_region_expiration: float = _opt(
+        "seconds shared-region entries stay fresh (-1: forever)", default=3600.0
+    )
+    redis_url: str = _opt(
+        "shortcut: put the shared region in Redis at this URL (dogpile.cache.redis)", default=""
+    )
+    local_expiration: float = _opt(
+        "seconds session-cache entries stay fresh (-1: until evicted or ended)", default=-1.0
+    )
+    page_token_secret: str = _opt(
+        "secret signing page tokens; set the same on replicas behind one proxy "
+        "(default: random per process)",
+        default="",
+    )
+
+    # -- derived ----------------------------------------------------------------
+
+    def effective_database_url(self) -> str:
+        if self.database_url:
+            return self.database_url
+        return f"sqlite:///{Path(self.data_dir) / 'sesscache.db'}"
+
+    def shared_region(self) -> tuple[str, dict[str, Any]]:
+        """(backend name, arguments) of the shared region."""
+        if self.redis_url:
+            return "dogpile.cache.redis", {"url": self.redis_url, "distributed_lock": True}
+        arguments = json.loads(self.shared_region_arguments)
+        if not isinstance(arguments, dict):
+            raise ValueError("shared_region_arguments must be a JSON object")
+        return self.shared_region_backend, arguments
+
+
+def environment_variables() -> list[str]:
+    """The name of every environment variable the server reads."""
+    return [ENV_PREFIX + f.name.upper() for f in fields(Settings)]
+
+
+def _parse_bool(text: str) -> bool:
+    lowered = text.strip().lower()
+    if lowered in ("1", "true", "yes", "on"):
+        return True
+    if lowered in ("0", "false", "no", "off"):
+        return False
+    raise ValueError(f"not a boolean: {text!r}")
+
+
+def _converter(kind: Any) -> Any:
+    return {"int": int, "float": float, "bool": _parse_bool}.get(str(kind), str)
+
+
+def parser() -> argparse.ArgumentParser:
+    """The command-line parser; each flag's default comes from its variable."""
+    result = argparse.ArgumentParser(
+        prog="python -m server",
+        description="sesscache gRPC server: ORM queries through a session-local cache.",
+    )
+    for f in fields(Settings):
+        env = ENV_PREFIX + f.name.upper()
+        default = f.default if f.default is not MISSING else None
+        result.add_argument(
+            "--" + f.name.replace("_", "-"),
+            dest=f.name,
+            type=_converter(f.type),
+            default=None,
+            metavar=str(f.type).upper(),
+            help=f"{f.metadata['help']} [env {env}; default {default!r}]",
+        )
+    return result
+
+
+def load(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None) -> Settings:
+    """Settings from flags, then environment, then defaults.
+
+    Raises SystemExit (via argparse) with a clear message on a bad value.
+    """
+    environ = os.environ if environ is None else environ
+    argument_parser = parser()
+    namespace = argument_parser.parse_args(argv)
+    values: dict[str, Any] = {}
+    for f in fields(Settings):
+        value = getattr(namespace, f.name)
+        if value is None:
+            env = ENV_PREFIX + f.name.upper()
+            if env in environ:
+                try:
+                    value = _converter(f.type)(environ[env])
+                except ValueError as error:
+                    argument_parser.error(f"{env}: {error}")
+        if value is not None:
+            values[f.name] = value
+    settings = Settings(**values)
+    try:
+        settings.shared_region()
+    except ValueError as error:
+        argument_parser.error(str(error))
+    return settings

@@ -1,0 +1,116 @@
+"""Service errors, and the one place that maps exceptions to gRPC statuses.
+
+Handlers raise a :class:`ServiceError` subclass (or let a database or
+registry error through); :func:`to_status` turns any exception into the
+``grpc.Status`` a client sees, with ``google.rpc.BadRequest`` field
+violations where a field is at fault. Nothing a client can send ends as
+INTERNAL or UNKNOWN: an exception that is not understood here is logged
+with its traceback and reported as INTERNAL with a generic message, and is
+a bug to fix.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable
+
+import grpc
+from google.protobuf import any_pb2
+from google.rpc import code_pb2, error_details_pb2, status_pb2
+from grpc_status import rpc_status
+
+from sesscache import db
+from sesscache.registry import RegistryFull
+
+log = logging.getLogger(__name__)
+
+
+class ServiceError(Exception):
+    """An error with the status code a client should see."""
+
+    code = grpc.StatusCode.INTERNAL
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+class InvalidArgument(ServiceError):
+    """One or more request fields (or metadata) are wrong.
+
+    ``violations``: (field, description) pairs; the message lists them.
+    """
+
+    code = grpc.StatusCode.INVALID_ARGUMENT
+
+    def __init__(self, violations: Iterable[tuple[str, str]]) -> None:
+        self.violations = list(violations)
+        super().__init__("; ".join(f"{field}: {text}" for field, text in self.violations))
+
+    @classmethod
+    def field(cls, field: str, description: str) -> InvalidArgument:
+        return cls([(field, description)])
+
+
+class NotFound(ServiceError):
+    code = grpc.StatusCode.NOT_FOUND
+
+
+class Unavailable(ServiceError):
+    code = grpc.StatusCode.UNAVAILABLE
+
+
+class ResourceExhausted(ServiceError):
+    code = grpc.StatusCode.RESOURCE_EXHAUSTED
+
+
+class Unauthenticated(ServiceError):
+    code = grpc.StatusCode.UNAUTHENTICATED
+
+
+class PermissionDenied(ServiceError):
+    code = grpc.StatusCode.PERMISSION_DENIED
+
+
+def translate(error: BaseException) -> ServiceError:
+    """The :class:`ServiceError` a client should see for ``error``."""
+    if isinstance(error, ServiceError):
+        return error
+    if db.is_disconnect(error):
+        return Unavailable(
+            "the database is unavailable right now; cached results of existing sessions are "
+            "still served; retry later"
+        )
+    if isinstance(error, RegistryFull):
+        return ResourceExhausted(str(error))
+    log.error("unexpected error while serving a call", exc_info=error)
+    return ServiceError("internal error; the server log has the details")
+
+
+def to_status(error: BaseException) -> grpc.Status:
+    """The rich gRPC status for ``error`` (see :func:`translate`)."""
+    service_error = translate(error)
+    status = status_pb2.Status(code=_CODES[service_error.code], message=service_error.message)
+    if isinstance(service_error, InvalidArgument):
+        detail = any_pb2.Any()
+        detail.Pack(
+            error_details_pb2.BadRequest(
+                field_violations=[
+                    error_details_pb2.BadRequest.FieldViolation(field=field, description=text)
+                    for field, text in service_error.violations
+                ]
+            )
+        )
+        status.details.append(detail)
+    return rpc_status.to_status(status)
+
+
+_CODES = {
+    grpc.StatusCode.INTERNAL: code_pb2.INTERNAL,
+    grpc.StatusCode.INVALID_ARGUMENT: code_pb2.INVALID_ARGUMENT,
+    grpc.StatusCode.NOT_FOUND: code_pb2.NOT_FOUND,
+    grpc.StatusCode.UNAVAILABLE: code_pb2.UNAVAILABLE,
+    grpc.StatusCode.RESOURCE_EXHAUSTED: code_pb2.RESOURCE_EXHAUSTED,
+    grpc.StatusCode.UNAUTHENTICATED: code_pb2.UNAUTHENTICATED,
+    grpc.StatusCode.PERMISSION_DENIED: code_pb2.PERMISSION_DENIED,
+}

@@ -1,0 +1,178 @@
+"""Server interceptors, one per concern.
+
+:class:`AccessLogInterceptor` writes one info line per call: method, session,
+status, cache status and duration. :class:`ErrorInterceptor` is where
+exceptions become statuses (see :mod:`server.errors`). Both wrap unary and
+server-streaming handlers; bidirectional ones (server reflection) pass
+through untouched.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import logging
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, cast
+
+import grpc
+from grpc.aio import AbortError
+
+from server.errors import to_status
+
+log = logging.getLogger("sesscache.access")
+
+if TYPE_CHECKING:  # grpc-stubs' generics do not exist at run time
+    Context = grpc.aio.ServicerContext[Any, Any]
+    Handler = grpc.RpcMethodHandler[Any, Any]
+    Continuation = Callable[[grpc.HandlerCallDetails], Awaitable[Handler]]
+    UnaryBehavior = Callable[[Any, Context], Awaitable[Any]]
+    StreamBehavior = Callable[[Any, Context], AsyncIterator[Any]]
+
+
+async def abort(context: Context, error: BaseException) -> None:
+    """End the call with the status for ``error`` (raises ``AbortError``)."""
+    # grpc-stubs lags grpc.aio here: abort_with_status exists since grpcio 1.38.
+    await context.abort_with_status(to_status(error))  # type: ignore[attr-defined]
+
+
+@dataclass(slots=True)
+class CallRecord:
+    """What the access log says about a call; the servicer fills in the details."""
+
+    method: str
+    session: str = "-"
+    cache_status: str = "-"
+
+
+_current: contextvars.ContextVar[CallRecord | None] = contextvars.ContextVar(
+    "sesscache_call", default=None
+)
+
+
+def current_call() -> CallRecord | None:
+    """The record of the call being served, when access logging is on."""
+    return _current.get()
+
+
+def _wrap(
+    handler: Handler,
+    unary: Callable[[UnaryBehavior], UnaryBehavior],
+    stream: Callable[[StreamBehavior], StreamBehavior],
+) -> Handler:
+    if handler.unary_unary is not None:
+        return grpc.unary_unary_rpc_method_handler(
+            unary(cast("UnaryBehavior", handler.unary_unary)),
+            request_deserializer=handler.request_deserializer,
+            response_serializer=handler.response_serializer,
+        )
+    if handler.unary_stream is not None:
+        return grpc.unary_stream_rpc_method_handler(
+            stream(cast("StreamBehavior", handler.unary_stream)),
+            request_deserializer=handler.request_deserializer,
+            response_serializer=handler.response_serializer,
+        )
+    return handler
+
+
+class ErrorInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
+    """Turns exceptions raised by handlers into rich statuses."""
+
+    async def intercept_service(
+        self,
+        continuation: Continuation,
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> Handler:
+        handler = await continuation(handler_call_details)
+        if handler is None:
+            return handler
+        return _wrap(handler, self._unary, self._stream)
+
+    @staticmethod
+    def _unary(behavior: UnaryBehavior) -> UnaryBehavior:
+        async def unary(request: Any, context: Context) -> Any:
+            try:
+                return await behavior(request, context)
+            except AbortError:
+                raise
+            except Exception as error:
+                await abort(context, error)
+
+        return unary
+
+    @staticmethod
+    def _stream(behavior: StreamBehavior) -> StreamBehavior:
+        async def stream(request: Any, context: Context) -> AsyncIterator[Any]:
+            try:
+                async for response in behavior(request, context):
+                    yield response
+            except AbortError:
+                raise
+            except Exception as error:
+                await abort(context, error)
+
+        return stream
+
+
+class AccessLogInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
+    """One log line per call, at info level on the ``sesscache.access`` logger."""
+
+    async def intercept_service(
+        self,
+        continuation: Continuation,
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> Handler:
+        handler = await continuation(handler_call_details)
+        if handler is None:
+            return handler
+        method = handler_call_details.method.rsplit("/", 1)[-1]
+        return _wrap(
+            handler,
+            lambda behavior: self._unary(method, behavior),
+            lambda behavior: self._stream(method, behavior),
+        )
+
+    @staticmethod
+    def _unary(method: str, behavior: UnaryBehavior) -> UnaryBehavior:
+        async def unary(request: Any, context: Context) -> Any:
+            record = CallRecord(method)
+            token = _current.set(record)
+            started = time.perf_counter()
+            try:
+                return await behavior(request, context)
+            finally:
+                _current.reset(token)
+                _log(record, context, started)
+
+        return unary
+
+    @staticmethod
+    def _stream(method: str, behavior: StreamBehavior) -> StreamBehavior:
+        async def stream(request: Any, context: Context) -> AsyncIterator[Any]:
+            record = CallRecord(method)
+            token = _current.set(record)
+            started = time.perf_counter()
+            try:
+                async for response in behavior(request, context):
+                    yield response
+            finally:
+                _current.reset(token)
+                _log(record, context, started)
+
+        return stream
+
+
+def _log(record: CallRecord, context: Context, started: float) -> None:
+    if not log.isEnabledFor(logging.INFO):
+        return
+    code = context.code()
+    status = "OK" if code is None else getattr(code, "name", str(code))
+    log.info(
+        "%s session=%s status=%s cache=%s duration_ms=%.2f",
+        record.method,
+        record.session,
+        status,
+        record.cache_status,
+        (time.perf_counter() - started) * 1000,
+    )

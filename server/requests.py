@@ -1,0 +1,124 @@
+"""Validation of what a client sends: the session id, and each request.
+
+Every check names the field at fault, so the client gets INVALID_ARGUMENT with
+a ``google.rpc.BadRequest`` violation per field. All violations of a request
+are reported at once.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from server.errors import InvalidArgument
+from server.paging import PageTokens
+from sesscache.queries import PersonQuery
+from sesscache.v1 import sesscache_pb2 as pb
+
+SESSION_ID_KEY = "session-id"
+_SESSION_ID = re.compile(r"[A-Za-z0-9._~-]{1,128}")
+
+MAX_NAME = 256
+MAX_IDS = 1000
+MAX_ID = 2**31 - 1
+DEFAULT_PERSONS_PAGE = 50
+DEFAULT_KEYS_PAGE = 100
+MAX_PAGE = 1000
+
+
+def session_id_from(metadata: Iterable[tuple[str, str | bytes]] | None) -> str | None:
+    """The caller's session id from call metadata; None when the call names none."""
+    values = [value for key, value in metadata or () if key == SESSION_ID_KEY]
+    if not values:
+        return None
+    if len(values) > 1:
+        raise InvalidArgument.field(SESSION_ID_KEY, "must be sent once per call (metadata)")
+    value = values[0]
+    if isinstance(value, bytes) or not _SESSION_ID.fullmatch(value):
+        raise InvalidArgument.field(
+            SESSION_ID_KEY,
+            "must be 1 to 128 characters of A-Z, a-z, 0-9, '.', '_', '~' or '-' (metadata)",
+        )
+    return value
+
+
+def page_size(value: int, *, default: int, field: str = "page_size") -> int:
+    """AIP-158: 0 means the default, negative is an error, above the maximum is lowered."""
+    if value < 0:
+        raise InvalidArgument.field(field, f"must not be negative (got {value})")
+    if value == 0:
+        return default
+    return min(value, MAX_PAGE)
+
+
+@dataclass(frozen=True, slots=True)
+class PersonsRequest:
+    """A validated QueryPersons request."""
+
+    query: PersonQuery
+    bypass_cache: bool
+
+
+def persons_request(request: pb.QueryPersonsRequest, tokens: PageTokens) -> PersonsRequest:
+    """Validate a QueryPersons request into the page it asks for."""
+    violations: list[tuple[str, str]] = []
+    _check_text(violations, "name", request.name)
+    _check_text(violations, "name_range.first", request.name_range.first)
+    _check_text(violations, "name_range.last", request.name_range.last)
+    first, last = request.name_range.first, request.name_range.last
+    if first and last and first > last:
+        violations.append(("name_range.first", "must not come after name_range.last"))
+    if len(request.ids) > MAX_IDS:
+        violations.append(("ids", f"at most {MAX_IDS} ids (got {len(request.ids)})"))
+    else:
+        for index, value in enumerate(request.ids):
+            if not 1 <= value <= MAX_ID:
+                violations.append(
+                    (f"ids[{index}]", f"must be between 1 and {MAX_ID} (got {value})")
+                )
+    if request.view not in pb.PersonView.values():
+        violations.append(("view", f"unknown value {request.view}"))
+    size = DEFAULT_PERSONS_PAGE
+    try:
+        size = page_size(request.page_size, default=DEFAULT_PERSONS_PAGE)
+    except InvalidArgument as error:
+        violations.extend(error.violations)
+    if violations:
+        raise InvalidArgument(violations)
+    query = PersonQuery(
+        name=request.name or None,
+        first=first or None,
+        last=last or None,
+        ids=tuple(sorted(set(request.ids))),
+        limit=size,
+        full=request.view != pb.PERSON_VIEW_BASIC,
+    )
+    after_id = tokens.decode(request.page_token, _persons_fingerprint(query))
+    if after_id:
+        query = PersonQuery(
+            name=query.name,
+            first=query.first,
+            last=query.last,
+            ids=query.ids,
+            after_id=after_id,
+            limit=query.limit,
+            full=query.full,
+        )
+    return PersonsRequest(query=query, bypass_cache=request.bypass_cache)
+
+
+def persons_next_token(request: PersonsRequest, tokens: PageTokens, last_id: int) -> str:
+    return tokens.encode(_persons_fingerprint(request.query), last_id)
+
+
+def _persons_fingerprint(query: PersonQuery) -> str:
+    # The page size may change between pages (AIP-158); the filters may not.
+    return "persons:" + query.filters_fingerprint()
+
+
+def _check_text(violations: list[tuple[str, str]], field: str, value: str) -> None:
+    if len(value) > MAX_NAME:
+        violations.append((field, f"at most {MAX_NAME} characters (got {len(value)})"))
+    elif "\x00" in value:
+        violations.append((field, "must not contain NUL characters"))

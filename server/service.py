@@ -1,0 +1,163 @@
+"""The database side of the RPCs: work that runs in a worker thread.
+
+Each method runs inside the caller's session scope (see
+:meth:`sesscache.registry.SessionRegistry.context_for`), with the session's
+call lock held by the servicer, so the ORM Session it reaches is used by no
+other call. After the work, the transaction is committed (it only read) so
+the connection goes back to the pool at once, while the Session keeps its
+objects (``expire_on_commit=False``): the cache and the identity map outlive
+the call, the connection does not.
+
+If the work fails (the database went away mid-call, the call was
+abandoned), the transaction is rolled back and any cache entry stored by
+the failed call is removed: a session is never left half-written.
+
+:meth:`PersonService.serve_hit` is the fast path, run on the event loop: a
+query whose key is known and whose entry holds a rendered response is
+answered without a thread hop, without building a statement and without the
+ORM. It never touches the database, so hits keep being served while the
+database is down.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+
+from sqlalchemy.orm import Session
+from sqlalchemy.util import LRUCache
+
+from server.paging import PageTokens
+from server.requests import PersonsRequest, persons_next_token
+from sesscache import tracking
+from sesscache.backend import store_for
+from sesscache.caching import CachedResult
+from sesscache.models import Person
+from sesscache.regions import LOCAL_REGION
+from sesscache.registry import SessionRegistry, SessionState
+from sesscache.v1 import sesscache_pb2 as pb
+
+log = logging.getLogger(__name__)
+
+#: The key under which a cached result keeps its rendered response.
+RESPONSE_RENDERING = "QueryPersonsResponse"
+
+
+class PersonService:
+    """Runs QueryPersons against the caller's Session and its cache."""
+
+    def __init__(
+        self, registry: SessionRegistry, tokens: PageTokens, *, known_queries: int = 10_000
+    ) -> None:
+        self.registry = registry
+        self.tokens = tokens
+        # The cache key of each query shape seen, so a hit needs no statement.
+        self._keys: LRUCache[object, str] = LRUCache(known_queries)
+
+    # -- event loop ------------------------------------------------------------
+
+    def serve_hit(
+        self, state: SessionState, request: PersonsRequest
+    ) -> pb.QueryPersonsResponse | None:
+        """The response for a hit whose rendering is cached, else None (no I/O)."""
+        if request.bypass_cache:
+            return None
+        key = self._keys.get(request.query)
+        if key is None:
+            return None
+        store = self.registry.store_of(state)
+        if store is None:
+            return None
+        entry = store.peek(key)
+        if entry is None or (entry.expires_at is not None and entry.expires_at <= time.time()):
+            return None
+        payload = entry.value.payload
+        template = (
+            payload.renderings.get(RESPONSE_RENDERING)
+            if isinstance(payload, CachedResult)
+            else None
+        )
+        if template is None:
+            return None
+        store.get(key)  # counts the hit on the entry
+        response = pb.QueryPersonsResponse()
+        response.CopyFrom(template)
+        response.cache_status = pb.CACHE_STATUS_HIT
+        return response
+
+    # -- worker thread ---------------------------------------------------------
+
+    def query_persons(self, request: PersonsRequest) -> pb.QueryPersonsResponse:
+        """Run (or serve from the cache) one page of persons, in the current scope."""
+        query = request.query
+        session = self.registry.current_session()
+        statement = query.statement(cached=not request.bypass_cache)
+        if request.bypass_cache:
+            # Read the database afresh even for objects already in the session.
+            statement = statement.execution_options(populate_existing=True)
+        with tracking.track() as tracker:
+            try:
+                rows = session.execute(statement).unique().scalars().all()
+                page = rows[: query.limit]
+                persons = [render_person(person, full=query.full) for person in page]
+                session.commit()
+            except BaseException:
+                self._undo(session, tracker)
+                raise
+        response = pb.QueryPersonsResponse(persons=persons, sql_statements=tracker.sql_statements)
+        if len(rows) > query.limit:
+            response.next_page_token = persons_next_token(request, self.tokens, page[-1].id)
+        lookup = tracker.first_lookup(LOCAL_REGION)
+        if request.bypass_cache or lookup is None:
+            response.cache_status = pb.CACHE_STATUS_BYPASS
+            return response
+        response.cache_key = lookup.key
+        response.cache_status = (
+            pb.CACHE_STATUS_HIT if lookup.outcome is tracking.Outcome.HIT else pb.CACHE_STATUS_MISS
+        )
+        self._remember(session, query, lookup.key, response)
+        return response
+
+    def _remember(
+        self, session: Session, query: object, key: str, response: pb.QueryPersonsResponse
+    ) -> None:
+        """Keep the rendered response on the entry, for :meth:`serve_hit`."""
+        self._keys[query] = key
+        store = store_for(session, create=False)
+        entry = store.peek(key) if store is not None else None
+        if entry is not None and isinstance(entry.value.payload, CachedResult):
+            template = pb.QueryPersonsResponse()
+            template.CopyFrom(response)
+            template.sql_statements = 0
+            entry.value.payload.renderings[RESPONSE_RENDERING] = template
+
+    def _undo(self, session: Session, tracker: tracking.CallTracker) -> None:
+        """Roll back, and remove entries the failed call stored in the session cache."""
+        store = store_for(session, create=False)
+        if store is not None:
+            for lookup in tracker.lookups:
+                if lookup.region == LOCAL_REGION and lookup.outcome is tracking.Outcome.MISS:
+                    store.delete(lookup.key)
+        try:
+            session.rollback()
+        except Exception as error:  # the connection may be gone with the database
+            log.debug("rollback after a failed call failed too: %s", error)
+
+
+def render_person(person: Person, *, full: bool) -> pb.Person:
+    """The message for one Person (lazy loads of address bits may emit SQL here)."""
+    message = pb.Person(id=person.id, name=person.name)
+    if full:
+        for address in person.addresses:
+            postal_code = address.postal_code
+            city = postal_code.city
+            message.addresses.append(
+                pb.Address(
+                    id=address.id,
+                    street=address.street,
+                    postal_code=postal_code.code,
+                    city=city.name,
+                    country=city.country.name,
+                )
+            )
+    return message

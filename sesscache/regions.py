@@ -1,0 +1,72 @@
+"""The two cache regions sesscache uses, and the relationship options for them.
+
+``local_session``
+    The session-local region (:class:`sesscache.backend.SessionLocalBackend`):
+    query results cached on the caller's own Session.
+``default``
+    A region shared by every session, in memory by default, or any
+    dogpile.cache backend by configuration (for instance
+    ``dogpile.cache.redis`` so several server processes share it). The lazy
+    loads of an address's postal code, its city and the city's country are
+    cached here (:data:`ADDRESS_BITS`), as the dogpile_caching example's
+    ``cache_address_bits`` does.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from dogpile.cache import make_region
+from dogpile.cache.region import CacheRegion
+from sqlalchemy.orm import Session
+
+from sesscache.backend import BACKEND_NAME, register_backend
+from sesscache.caching import RelationshipCache
+from sesscache.models import Address, City, PostalCode
+
+LOCAL_REGION = "local_session"
+SHARED_REGION = "default"
+
+#: Cache the lazy loads of postal code, city and country in the shared region.
+ADDRESS_BITS = (
+    RelationshipCache(Address.postal_code, SHARED_REGION)
+    .and_(RelationshipCache(PostalCode.city, SHARED_REGION))
+    .and_(RelationshipCache(City.country, SHARED_REGION))
+)
+
+
+@dataclass(frozen=True, slots=True)
+class RegionSettings:
+    """How to configure the regions.
+
+    ``local_expiration``: seconds a session-local entry stays fresh (None:
+    no expiry). ``shared_backend`` / ``shared_arguments``: the dogpile.cache
+    backend name and arguments of the ``default`` region.
+    ``shared_expiration``: seconds a shared entry stays fresh (None: none).
+    """
+
+    local_expiration: float | None = None
+    shared_backend: str = "dogpile.cache.memory"
+    shared_arguments: Mapping[str, Any] = field(default_factory=dict)
+    shared_expiration: float | None = 3600.0
+
+
+def make_regions(
+    current_session: Callable[[], Session], settings: RegionSettings | None = None
+) -> dict[str, CacheRegion]:
+    """Configure the ``local_session`` and ``default`` regions."""
+    settings = settings or RegionSettings()
+    register_backend()
+    local = make_region(name=LOCAL_REGION).configure(
+        BACKEND_NAME,
+        expiration_time=settings.local_expiration,
+        arguments={"scoped_session": current_session, "region_name": LOCAL_REGION},
+    )
+    shared = make_region(name=SHARED_REGION).configure(
+        settings.shared_backend,
+        expiration_time=settings.shared_expiration,
+        arguments=dict(settings.shared_arguments),
+    )
+    return {LOCAL_REGION: local, SHARED_REGION: shared}

@@ -1,0 +1,299 @@
+"""The session registry: one ORM Session, and so one cache, per caller session.
+
+The registry is a :class:`~sqlalchemy.orm.scoped_session` whose scope is the
+*caller's session id*, held in a context variable that the server sets for
+each gRPC call, never the thread: whichever worker thread runs a call, it
+reaches the Session of that call's caller. Work for a scope is handed to a
+thread with :meth:`SessionRegistry.context_for`, which copies the context
+with the scope set.
+
+Beside the scoped Sessions, the registry keeps a :class:`SessionState` per
+live session: who owns it, when it was created and last active, its call
+lock (an ORM Session is never used by two calls at once), and its counters.
+It bounds the number of live sessions (when full, the least recently used
+*idle* session is ended to make room; when none is idle the new session is
+refused with :class:`RegistryFull`) and ends sessions idle for too long.
+
+A call without a session id runs in an *ephemeral* session of its own,
+which is removed when the call releases it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import itertools
+import logging
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import cast
+
+from sqlalchemy.orm import Session, scoped_session, sessionmaker
+
+from sesscache.backend import STORE_INFO_KEY, SessionStore, store_for
+
+log = logging.getLogger(__name__)
+
+#: (principal, session id). Sessions of different principals never meet.
+ScopeKey = tuple[str, str]
+
+_scope: contextvars.ContextVar[ScopeKey | None] = contextvars.ContextVar(
+    "sesscache_scope", default=None
+)
+
+
+class RegistryFull(Exception):
+    """No room for another session: every live session is busy."""
+
+
+class NoScope(RuntimeError):
+    """The current Session was asked for outside any session scope."""
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    """Bounds on the registry's memory.
+
+    ``max_sessions``: live sessions at most. ``idle_timeout``: seconds of
+    inactivity after which :meth:`SessionRegistry.reap` ends a session
+    (None: never). ``max_entries`` and ``max_bytes``: per-session cache
+    bounds; the least recently used entries are evicted beyond them.
+    """
+
+    max_sessions: int = 10_000
+    idle_timeout: float | None = 1800.0
+    max_entries: int | None = 1000
+    max_bytes: int | None = 8 * 1024 * 1024
+
+
+@dataclass(eq=False)
+class SessionState:
+    """Book-keeping for one live session."""
+
+    key: ScopeKey
+    ephemeral: bool = False
+    peer: str = ""
+    created: float = field(default_factory=time.time)
+    last_active: float = field(default_factory=time.time)
+    last_active_monotonic: float = field(default_factory=time.monotonic)
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    users: int = 0
+    hits: int = 0
+    misses: int = 0
+    ended: bool = False
+
+    @property
+    def principal(self) -> str:
+        return self.key[0]
+
+    @property
+    def session_id(self) -> str:
+        return self.key[1]
+
+
+@dataclass(frozen=True, slots=True)
+class Ended:
+    """What ending a session removed."""
+
+    existed: bool
+    keys_dropped: int
+
+
+class SessionRegistry:
+    """Scoped ORM Sessions keyed by the caller's session id.
+
+    ``session_factory`` makes a new Session (a ``sessionmaker``); the
+    registry gives each one a :class:`SessionStore` bounded by ``limits``.
+    """
+
+    def __init__(
+        self, session_factory: Callable[[], Session], *, limits: Limits | None = None
+    ) -> None:
+        self.limits = limits or Limits()
+        self._factory = session_factory
+        # scoped_session only ever calls its factory, so a plain callable
+        # that adds the bounded store to each new Session serves.
+        self.scoped: scoped_session[Session] = scoped_session(
+            cast("sessionmaker[Session]", self._new_session), scopefunc=self._current_scope
+        )
+        self._states: OrderedDict[ScopeKey, SessionState] = OrderedDict()
+        self._lock = threading.RLock()
+        self._ephemeral_ids = itertools.count(1)
+        self.sessions_evicted = 0
+        self.sessions_expired = 0
+
+    # -- scope ---------------------------------------------------------------
+
+    @staticmethod
+    def _current_scope() -> ScopeKey:
+        key = _scope.get()
+        if key is None:
+            raise NoScope("no session scope is set: run this inside SessionRegistry.scope()")
+        return key
+
+    def _new_session(self) -> Session:
+        session = self._factory()
+        session.info[STORE_INFO_KEY] = SessionStore(
+            max_entries=self.limits.max_entries, max_bytes=self.limits.max_bytes
+        )
+        return session
+
+    def current_session(self) -> Session:
+        """The Session of the current scope (made on first use)."""
+        return self.scoped()
+
+    @contextmanager
+    def scope(self, key: ScopeKey) -> Iterator[Session]:
+        """Make ``key`` the current scope inside the block; yield its Session."""
+        token = _scope.set(key)
+        try:
+            yield self.scoped()
+        finally:
+            _scope.reset(token)
+
+    @staticmethod
+    def context_for(key: ScopeKey) -> contextvars.Context:
+        """A copy of the current context with ``key`` as the scope, to run work in."""
+        context = contextvars.copy_context()
+        context.run(_scope.set, key)
+        return context
+
+    # -- lifecycle -----------------------------------------------------------
+
+    def open(self, session_id: str | None, *, principal: str = "", peer: str = "") -> SessionState:
+        """The state of the caller's session, made if new; marked in use until :meth:`release`.
+
+        ``session_id`` None opens an ephemeral session for one call. Raises
+        :class:`RegistryFull` when the registry is full and no session is idle.
+        """
+        with self._lock:
+            if session_id is None:
+                key = (principal, f"#call-{next(self._ephemeral_ids)}")
+                state = SessionState(key, ephemeral=True, peer=peer)
+            else:
+                key = (principal, session_id)
+                state = self._states.get(key)  # type: ignore[assignment]
+                if state is None:
+                    self._make_room()
+                    state = self._states[key] = SessionState(key, peer=peer)
+                else:
+                    self._states.move_to_end(key)
+            state.users += 1
+            return state
+
+    def get(self, session_id: str, *, principal: str = "") -> SessionState | None:
+        """The state of an existing session, without opening it."""
+        return self._states.get((principal, session_id))
+
+    def acquire(self, state: SessionState) -> None:
+        """Mark an existing ``state`` in use (see :meth:`release`)."""
+        with self._lock:
+            state.users += 1
+
+    def release(self, state: SessionState) -> None:
+        """The caller is done with ``state``; ephemeral sessions end here."""
+        with self._lock:
+            state.users -= 1
+            state.last_active = time.time()
+            state.last_active_monotonic = time.monotonic()
+            if state.ephemeral and state.users == 0:
+                self._remove(state)
+
+    def end(self, state: SessionState) -> Ended:
+        """End ``state``'s session: close it and drop its cache.
+
+        The caller must hold ``state.lock`` (no call may be using the Session).
+        """
+        with self._lock:
+            if state.ended:
+                return Ended(existed=False, keys_dropped=0)
+            return Ended(existed=True, keys_dropped=self._remove(state))
+
+    def store_of(self, state: SessionState) -> SessionStore | None:
+        """The cache store of ``state``'s session, if its Session was ever made."""
+        with self.scope_if_exists(state.key) as session:
+            return None if session is None else store_for(session, create=False)
+
+    @contextmanager
+    def scope_if_exists(self, key: ScopeKey) -> Iterator[Session | None]:
+        """Like :meth:`scope`, but yields None instead of making a Session."""
+        token = _scope.set(key)
+        try:
+            yield self.scoped() if self.scoped.registry.has() else None
+        finally:
+            _scope.reset(token)
+
+    def states(self) -> list[SessionState]:
+        """Every live (non-ephemeral) session, least recently used first."""
+        with self._lock:
+            return list(self._states.values())
+
+    def __len__(self) -> int:
+        return len(self._states)
+
+    def reap(self, now: float | None = None) -> list[SessionState]:
+        """End the sessions idle longer than ``limits.idle_timeout``; return them.
+
+        Sessions in use are never reaped.
+        """
+        timeout = self.limits.idle_timeout
+        if timeout is None:
+            return []
+        now = time.monotonic() if now is None else now
+        reaped = []
+        with self._lock:
+            for state in list(self._states.values()):
+                if state.users == 0 and now - state.last_active_monotonic >= timeout:
+                    dropped = self._remove(state)
+                    self.sessions_expired += 1
+                    log.debug(
+                        "session %s expired after idling (%d keys dropped)", state.key[1], dropped
+                    )
+                    reaped.append(state)
+        return reaped
+
+    def close_all(self) -> None:
+        """End every session (at shutdown)."""
+        with self._lock:
+            for state in list(self._states.values()):
+                self._remove(state)
+
+    # -- internals -----------------------------------------------------------
+
+    def _make_room(self) -> None:
+        if len(self._states) < self.limits.max_sessions:
+            return
+        for state in self._states.values():  # least recently used first
+            if state.users == 0:
+                dropped = self._remove(state)
+                self.sessions_evicted += 1
+                log.debug(
+                    "session %s evicted to make room (%d keys dropped)", state.key[1], dropped
+                )
+                return
+        raise RegistryFull(
+            f"the server holds its maximum of {self.limits.max_sessions} sessions, all busy; "
+            "end sessions you no longer need (EndSession) or retry later"
+        )
+
+    def _remove(self, state: SessionState) -> int:
+        """Close the Session of ``state`` and forget it; return the keys dropped."""
+        state.ended = True
+        if not state.ephemeral:
+            self._states.pop(state.key, None)
+        dropped = 0
+        token = _scope.set(state.key)
+        try:
+            if self.scoped.registry.has():
+                session = self.scoped()
+                store = store_for(session, create=False)
+                if store is not None:
+                    dropped = len(store.clear())
+                self.scoped.remove()
+        finally:
+            _scope.reset(token)
+        return dropped
