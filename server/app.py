@@ -25,9 +25,10 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from sqlalchemy import Engine, make_url
+from sqlalchemy.exc import ArgumentError, NoSuchModuleError
 from sqlalchemy.orm import sessionmaker
 
-from server import config
+from server import auth, config
 from server.interceptors import AccessLogInterceptor, ErrorInterceptor
 from server.paging import PageTokens
 from server.service import PersonService
@@ -35,7 +36,7 @@ from server.servicer import SessionCacheServicer
 from sesscache import db
 from sesscache.caching import QueryCache
 from sesscache.regions import RegionSettings, make_regions
-from sesscache.registry import Limits, SessionRegistry
+from sesscache.registry import SessionRegistry
 from sesscache.v1 import sesscache_pb2 as pb
 from sesscache.v1 import sesscache_pb2_grpc as pb_grpc
 
@@ -103,7 +104,7 @@ class Running:
 async def start(settings: config.Settings, engine: Engine) -> Running:
     """Start serving on ``settings.listen`` (port 0 picks a free port)."""
     factory = sessionmaker(engine, expire_on_commit=False, autoflush=False)
-    registry = SessionRegistry(factory, limits=Limits())
+    registry = SessionRegistry(factory, limits=settings.limits())
     backend, arguments = settings.shared_region()
     regions = make_regions(
         registry.current_session,
@@ -119,7 +120,14 @@ async def start(settings: config.Settings, engine: Engine) -> Running:
     executor = ThreadPoolExecutor(settings.db_workers, thread_name_prefix="sesscache-db")
     servicer = SessionCacheServicer(registry, PersonService(registry, tokens), tokens, executor)
 
-    server = grpc.aio.server(interceptors=[AccessLogInterceptor(), ErrorInterceptor()])
+    tokens_by_digest = auth.load_tokens(settings.auth_tokens_file, settings.auth_tokens)
+    interceptors: list[grpc.aio.ServerInterceptor] = [  # type: ignore[type-arg]
+        AccessLogInterceptor(hash_sessions=bool(tokens_by_digest))
+    ]
+    if tokens_by_digest:
+        interceptors.append(auth.AuthInterceptor(tokens_by_digest, protected=[SERVICE_NAME]))
+    interceptors.append(ErrorInterceptor())
+    server = grpc.aio.server(interceptors=interceptors)
     pb_grpc.add_SessionCacheServicer_to_server(servicer, server)
     # The aio health servicer; grpc_health's type hints omit the `aio` alias.
     health_servicer = health.aio.HealthServicer()  # type: ignore[attr-defined]
@@ -133,8 +141,12 @@ async def start(settings: config.Settings, engine: Engine) -> Running:
         server,
     )
     try:
-        port = server.add_insecure_port(settings.listen)
-    except RuntimeError as error:
+        credentials = server_credentials(settings)
+        if credentials is None:
+            port = server.add_insecure_port(settings.listen)
+        else:
+            port = server.add_secure_port(settings.listen, credentials)
+    except (RuntimeError, OSError) as error:
         executor.shutdown()
         raise OSError(f"cannot listen on {settings.listen}: {error}") from None
     await server.start()
@@ -143,6 +155,18 @@ async def start(settings: config.Settings, engine: Engine) -> Running:
     running = Running(server, port, health_servicer, registry, executor, engine)
     running.tasks.append(asyncio.create_task(_reap(registry)))
     return running
+
+
+def server_credentials(settings: config.Settings) -> grpc.ServerCredentials | None:
+    """TLS credentials from the settings' PEM files, or None for plaintext."""
+    if not settings.tls_cert:
+        return None
+    key = Path(settings.tls_key).read_bytes()
+    chain = Path(settings.tls_cert).read_bytes()
+    client_ca = Path(settings.tls_client_ca).read_bytes() if settings.tls_client_ca else None
+    return grpc.ssl_server_credentials(
+        [(key, chain)], root_certificates=client_ca, require_client_auth=client_ca is not None
+    )
 
 
 def _expiration(seconds: float) -> float | None:
@@ -163,7 +187,7 @@ async def serve(settings: config.Settings, engine: Engine) -> int:
     """Serve until SIGTERM or SIGINT, then drain; return the exit status."""
     try:
         running = await start(settings, engine)
-    except OSError as error:
+    except (OSError, ValueError) as error:  # port taken, unreadable TLS or token file
         log.error("%s", error)
         engine.dispose()
         return 1
@@ -197,6 +221,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except db.DatabaseUnavailable as error:
         log.error("giving up: %s", error)
         return 1
+    except (ArgumentError, NoSuchModuleError) as error:
+        log.error("bad database URL %r: %s", settings.effective_database_url(), error)
+        return 2
     with contextlib.suppress(KeyboardInterrupt):
         return asyncio.run(serve(settings, engine))
     return 0

@@ -17,6 +17,8 @@ from dataclasses import MISSING, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from sesscache.registry import Limits
+
 ENV_PREFIX = "SESSCACHE_"
 
 
@@ -52,7 +54,8 @@ class Settings:
     )
     db_connect_timeout: int = _opt("seconds to establish a database connection", default=5)
     shared_region_backend: str = _opt(
-        "dogpile.cache backend of the shared 'default' region", default="dogpile.cache.memory"
+        "dogpile.cache backend of the shared 'default' region",
+        default="dogpile.cache.memory_pickle",
     )
     shared_region_arguments: str = _opt(
         "JSON object of arguments for the shared region's backend", default="{}"
@@ -66,6 +69,35 @@ class Settings:
     local_expiration: float = _opt(
         "seconds session-cache entries stay fresh (-1: until evicted or ended)", default=-1.0
     )
+    max_sessions: int = _opt(
+        "live sessions at most; when full, the least recently used idle session is ended "
+        "(RESOURCE_EXHAUSTED only when every session is busy)",
+        default=10_000,
+    )
+    session_idle_timeout: float = _opt(
+        "seconds without a call after which a session is ended (-1: never)", default=1800.0
+    )
+    max_entries_per_session: int = _opt(
+        "cache entries per session; the least recently used are evicted beyond it", default=1000
+    )
+    max_bytes_per_session: int = _opt(
+        "approximate cache bytes per session; least recently used entries are evicted beyond it",
+        default=8 * 1024 * 1024,
+    )
+    auth_tokens_file: str = _opt(
+        "file of bearer tokens, one TOKEN=PRINCIPAL[:admin] per line; enables authentication",
+        default="",
+    )
+    auth_tokens: str = _opt(
+        "bearer tokens, TOKEN=PRINCIPAL[:admin] separated by commas; enables authentication "
+        "(prefer the variable or the file: flags show in process listings)",
+        default="",
+    )
+    tls_cert: str = _opt("PEM server certificate (chain) file; enables TLS", default="")
+    tls_key: str = _opt("PEM private key file of the server certificate", default="")
+    tls_client_ca: str = _opt(
+        "PEM CA bundle; when set, clients must present a certificate it signed", default=""
+    )
     page_token_secret: str = _opt(
         "secret signing page tokens; set the same on replicas behind one proxy "
         "(default: random per process)",
@@ -73,6 +105,31 @@ class Settings:
     )
 
     # -- derived ----------------------------------------------------------------
+
+    def limits(self) -> Limits:
+        return Limits(
+            max_sessions=self.max_sessions,
+            idle_timeout=None if self.session_idle_timeout < 0 else self.session_idle_timeout,
+            max_entries=self.max_entries_per_session,
+            max_bytes=self.max_bytes_per_session,
+        )
+
+    def check(self) -> None:
+        """Raise ValueError naming the first setting that makes no sense."""
+        positive = ("db_workers", "db_startup_attempts", "pool_size", "max_sessions")
+        for name in positive:
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be at least 1")
+        for name in ("max_entries_per_session", "max_bytes_per_session", "pool_max_overflow"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must not be negative")
+        if self.grace < 0:
+            raise ValueError("grace must not be negative")
+        if bool(self.tls_cert) != bool(self.tls_key):
+            raise ValueError("tls_cert and tls_key go together")
+        if self.tls_client_ca and not self.tls_cert:
+            raise ValueError("tls_client_ca needs tls_cert and tls_key")
+        self.shared_region()
 
     def effective_database_url(self) -> str:
         if self.database_url:
@@ -149,7 +206,7 @@ def load(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
             values[f.name] = value
     settings = Settings(**values)
     try:
-        settings.shared_region()
+        settings.check()
     except ValueError as error:
         argument_parser.error(str(error))
     return settings

@@ -10,6 +10,7 @@ through untouched.
 from __future__ import annotations
 
 import contextvars
+import hashlib
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -51,16 +52,24 @@ _current: contextvars.ContextVar[CallRecord | None] = contextvars.ContextVar(
 )
 
 
+def session_label(session_id: str, *, hashed: bool) -> str:
+    """How a session id appears in logs: a short hash when ``hashed``."""
+    if not hashed:
+        return session_id
+    return "h:" + hashlib.sha256(session_id.encode()).hexdigest()[:12]
+
+
 def current_call() -> CallRecord | None:
     """The record of the call being served, when access logging is on."""
     return _current.get()
 
 
-def _wrap(
+def wrap_handler(
     handler: Handler,
     unary: Callable[[UnaryBehavior], UnaryBehavior],
     stream: Callable[[StreamBehavior], StreamBehavior],
 ) -> Handler:
+    """``handler`` with its unary or server-streaming behaviour transformed."""
     if handler.unary_unary is not None:
         return grpc.unary_unary_rpc_method_handler(
             unary(cast("UnaryBehavior", handler.unary_unary)),
@@ -87,7 +96,7 @@ class ErrorInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
         handler = await continuation(handler_call_details)
         if handler is None:
             return handler
-        return _wrap(handler, self._unary, self._stream)
+        return wrap_handler(handler, self._unary, self._stream)
 
     @staticmethod
     def _unary(behavior: UnaryBehavior) -> UnaryBehavior:
@@ -116,7 +125,14 @@ class ErrorInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
 
 
 class AccessLogInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
-    """One log line per call, at info level on the ``sesscache.access`` logger."""
+    """One log line per call, at info level on the ``sesscache.access`` logger.
+
+    ``hash_sessions``: log a short hash of each session id instead of the id
+    (with authentication on, a session id is a capability worth not leaking).
+    """
+
+    def __init__(self, *, hash_sessions: bool = False) -> None:
+        self.hash_sessions = hash_sessions
 
     async def intercept_service(
         self,
@@ -127,14 +143,14 @@ class AccessLogInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg
         if handler is None:
             return handler
         method = handler_call_details.method.rsplit("/", 1)[-1]
-        return _wrap(
+        return wrap_handler(
             handler,
-            lambda behavior: self._unary(method, behavior),
-            lambda behavior: self._stream(method, behavior),
+            lambda behavior: self._unary(method, behavior, self.hash_sessions),
+            lambda behavior: self._stream(method, behavior, self.hash_sessions),
         )
 
     @staticmethod
-    def _unary(method: str, behavior: UnaryBehavior) -> UnaryBehavior:
+    def _unary(method: str, behavior: UnaryBehavior, hashed: bool) -> UnaryBehavior:
         async def unary(request: Any, context: Context) -> Any:
             record = CallRecord(method)
             token = _current.set(record)
@@ -143,12 +159,12 @@ class AccessLogInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg
                 return await behavior(request, context)
             finally:
                 _current.reset(token)
-                _log(record, context, started)
+                _log(record, context, started, hashed)
 
         return unary
 
     @staticmethod
-    def _stream(method: str, behavior: StreamBehavior) -> StreamBehavior:
+    def _stream(method: str, behavior: StreamBehavior, hashed: bool) -> StreamBehavior:
         async def stream(request: Any, context: Context) -> AsyncIterator[Any]:
             record = CallRecord(method)
             token = _current.set(record)
@@ -158,12 +174,12 @@ class AccessLogInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg
                     yield response
             finally:
                 _current.reset(token)
-                _log(record, context, started)
+                _log(record, context, started, hashed)
 
         return stream
 
 
-def _log(record: CallRecord, context: Context, started: float) -> None:
+def _log(record: CallRecord, context: Context, started: float, hashed: bool) -> None:
     if not log.isEnabledFor(logging.INFO):
         return
     code = context.code()
@@ -171,7 +187,7 @@ def _log(record: CallRecord, context: Context, started: float) -> None:
     log.info(
         "%s session=%s status=%s cache=%s duration_ms=%.2f",
         record.method,
-        record.session,
+        session_label(record.session, hashed=hashed) if record.session != "-" else "-",
         status,
         record.cache_status,
         (time.perf_counter() - started) * 1000,

@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, TypeVar
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from server import requests
+from server.auth import current_principal
 from server.errors import NotFound
 from server.interceptors import current_call
 from server.paging import PageTokens
@@ -131,7 +132,7 @@ class SessionCacheServicer(pb_grpc.SessionCacheServicer):
 
     @staticmethod
     def _principal(context: Context) -> str:
-        return ""
+        return current_principal().name
 
     @contextlib.asynccontextmanager
     async def _session(

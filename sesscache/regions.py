@@ -9,7 +9,10 @@
     ``dogpile.cache.redis`` so several server processes share it). The lazy
     loads of an address's postal code, its city and the city's country are
     cached here (:data:`ADDRESS_BITS`), as the dogpile_caching example's
-    ``cache_address_bits`` does.
+    ``cache_address_bits`` does. Its values are always serialized (in memory:
+    ``dogpile.cache.memory_pickle``): a shared entry must be a snapshot, not
+    live objects of the session that stored it, which that session may
+    expire or change, and which other threads must not touch.
 """
 
 from __future__ import annotations
@@ -48,7 +51,7 @@ class RegionSettings:
     """
 
     local_expiration: float | None = None
-    shared_backend: str = "dogpile.cache.memory"
+    shared_backend: str = "dogpile.cache.memory_pickle"
     shared_arguments: Mapping[str, Any] = field(default_factory=dict)
     shared_expiration: float | None = 3600.0
 

@@ -1,0 +1,160 @@
+"""Optional bearer-token authentication, and who the caller is.
+
+With tokens configured, every call to ``sesscache.v1`` must carry
+``authorization: Bearer <token>`` metadata naming a known token, else it is
+refused with UNAUTHENTICATED. The health and reflection services stay open,
+so probes and generic tools work without a token.
+
+Tokens are configured as ``TOKEN=PRINCIPAL`` or ``TOKEN=PRINCIPAL:admin``
+entries, separated by commas or newlines (``#`` starts a comment in a file),
+from ``--auth-tokens-file`` and/or ``SESSCACHE_AUTH_TOKENS``. Tokens are
+never logged; they are kept only as SHA-256 digests.
+
+A session belongs to the principal that created it: sessions are keyed by
+(principal, session id), so another principal naming the same id reaches a
+session of its own and can neither see nor end the first one; there is
+nothing to probe. The admin role may inspect every session.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import hashlib
+from collections.abc import AsyncIterator, Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import grpc
+
+from server.errors import Unauthenticated
+from server.interceptors import abort, wrap_handler
+
+if TYPE_CHECKING:
+    from server.interceptors import (
+        Context,
+        Continuation,
+        Handler,
+        StreamBehavior,
+        UnaryBehavior,
+    )
+
+AUTHORIZATION_KEY = "authorization"
+
+
+@dataclass(frozen=True, slots=True)
+class Principal:
+    """An authenticated caller. ``name`` "" is the anonymous caller (auth off)."""
+
+    name: str
+    admin: bool = False
+
+
+ANONYMOUS = Principal("", admin=True)
+
+_current: contextvars.ContextVar[Principal] = contextvars.ContextVar(
+    "sesscache_principal", default=ANONYMOUS
+)
+
+
+def current_principal() -> Principal:
+    """The caller of the current call (anonymous, with every right, when auth is off)."""
+    return _current.get()
+
+
+def parse_tokens(text: str, *, source: str) -> dict[str, Principal]:
+    """``{sha256(token): Principal}`` from ``TOKEN=PRINCIPAL[:admin]`` entries."""
+    tokens: dict[str, Principal] = {}
+    entries = (
+        part.split("#", 1)[0].strip() for line in text.splitlines() for part in line.split(",")
+    )
+    for number, entry in enumerate(filter(None, entries), start=1):
+        token, separator, who = entry.partition("=")
+        name, _, role = who.partition(":")
+        if not separator or not token.strip() or not name.strip() or role not in ("", "admin"):
+            raise ValueError(
+                f"{source}: entry {number} is not TOKEN=PRINCIPAL or TOKEN=PRINCIPAL:admin"
+            )
+        tokens[_digest(token.strip())] = Principal(name.strip(), admin=role == "admin")
+    return tokens
+
+
+def load_tokens(file: str, inline: str) -> dict[str, Principal]:
+    """Tokens from a file and an inline list (either may be empty)."""
+    tokens: dict[str, Principal] = {}
+    if file:
+        tokens.update(parse_tokens(Path(file).read_text(), source=file))
+    if inline:
+        tokens.update(parse_tokens(inline, source="SESSCACHE_AUTH_TOKENS"))
+    return tokens
+
+
+def _digest(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+class AuthInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
+    """Checks bearer tokens on ``protected`` services and sets the caller."""
+
+    def __init__(self, tokens: Mapping[str, Principal], protected: Iterable[str]) -> None:
+        self._tokens = dict(tokens)
+        self._prefixes = tuple(f"/{service}/" for service in protected)
+
+    async def intercept_service(
+        self, continuation: Continuation, handler_call_details: grpc.HandlerCallDetails
+    ) -> Handler:
+        handler = await continuation(handler_call_details)
+        if handler is None or not handler_call_details.method.startswith(self._prefixes):
+            return handler
+        principal = self._authenticate(handler_call_details.invocation_metadata)
+        if isinstance(principal, Unauthenticated):
+            return _refusing(handler, principal)
+        return _as(handler, principal)
+
+    def _authenticate(self, metadata: Any) -> Principal | Unauthenticated:
+        values = [v for k, v in metadata or () if k == AUTHORIZATION_KEY]
+        if len(values) != 1 or not isinstance(values[0], str):
+            return Unauthenticated("send 'authorization: Bearer <token>' metadata")
+        scheme, _, token = values[0].partition(" ")
+        if scheme.lower() != "bearer" or not token.strip():
+            return Unauthenticated("the authorization metadata must be 'Bearer <token>'")
+        principal = self._tokens.get(_digest(token.strip()))
+        if principal is None:
+            return Unauthenticated("unknown token")
+        return principal
+
+
+def _refusing(handler: Handler, error: Unauthenticated) -> Handler:
+    def unary(_behavior: UnaryBehavior) -> UnaryBehavior:
+        async def refuse(request: Any, context: Context) -> Any:
+            await abort(context, error)
+
+        return refuse
+
+    def stream(_behavior: StreamBehavior) -> StreamBehavior:
+        async def refuse(request: Any, context: Context) -> AsyncIterator[Any]:
+            await abort(context, error)
+            yield  # unreachable: makes this an async generator
+
+        return refuse
+
+    return wrap_handler(handler, unary, stream)
+
+
+def _as(handler: Handler, principal: Principal) -> Handler:
+    def unary(behavior: UnaryBehavior) -> UnaryBehavior:
+        async def call(request: Any, context: Context) -> Any:
+            _current.set(principal)
+            return await behavior(request, context)
+
+        return call
+
+    def stream(behavior: StreamBehavior) -> StreamBehavior:
+        async def call(request: Any, context: Context) -> AsyncIterator[Any]:
+            _current.set(principal)
+            async for response in behavior(request, context):
+                yield response
+
+        return call
+
+    return wrap_handler(handler, unary, stream)
