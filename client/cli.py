@@ -128,7 +128,7 @@ def cmd_query(client: Client, args: argparse.Namespace) -> int:
         print(format_table(headers, _person_rows(response.persons), right={0}))
     print(
         f"cache: {_cache_status_name(response.cache_status)}  "
-        f"sql statements: {response.sql_statements}  key: {response.cache_key or '-'}"
+        f"sql statements: {response.sql_statements}  key: {_cell(response.cache_key) or '-'}"
     )
     if response.next_page_token:
         print(f"next page token: {response.next_page_token}")

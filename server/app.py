@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import grpc
+from dogpile.cache.region import CacheRegion
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from sqlalchemy import Engine, make_url
@@ -29,6 +30,7 @@ from sqlalchemy.exc import ArgumentError, NoSuchModuleError
 from sqlalchemy.orm import sessionmaker
 
 from server import auth, config
+from server.inspection import Inspector
 from server.interceptors import AccessLogInterceptor, ErrorInterceptor
 from server.paging import PageTokens
 from server.service import PersonService
@@ -88,11 +90,13 @@ class Running:
     registry: SessionRegistry
     executor: ThreadPoolExecutor
     engine: Engine
+    inspector: Inspector
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
 
     async def stop(self, grace: float) -> None:
         """Drain: NOT_SERVING, refuse new calls, let calls in flight finish within ``grace``."""
         await self.health.enter_graceful_shutdown()
+        self.inspector.events.close()
         for task in self.tasks:
             task.cancel()
         await self.server.stop(grace)
@@ -103,8 +107,10 @@ class Running:
 
 async def start(settings: config.Settings, engine: Engine) -> Running:
     """Start serving on ``settings.listen`` (port 0 picks a free port)."""
+    tokens_by_digest = auth.load_tokens(settings.auth_tokens_file, settings.auth_tokens)
+    inspector = Inspector(hash_sessions=bool(tokens_by_digest))
     factory = sessionmaker(engine, expire_on_commit=False, autoflush=False)
-    registry = SessionRegistry(factory, limits=settings.limits())
+    registry = SessionRegistry(factory, limits=settings.limits(), observer=inspector)
     backend, arguments = settings.shared_region()
     regions = make_regions(
         registry.current_session,
@@ -115,12 +121,19 @@ async def start(settings: config.Settings, engine: Engine) -> Running:
             shared_expiration=_expiration(settings.shared_region_expiration),
         ),
     )
-    QueryCache(regions).listen(factory)
+    query_cache = QueryCache(regions)
+    query_cache.listen(factory)
     tokens = PageTokens(settings.page_token_secret)
     executor = ThreadPoolExecutor(settings.db_workers, thread_name_prefix="sesscache-db")
-    servicer = SessionCacheServicer(registry, PersonService(registry, tokens), tokens, executor)
+    servicer = SessionCacheServicer(
+        registry,
+        PersonService(registry, query_cache, tokens),
+        tokens,
+        executor,
+        regions=regions,
+        inspector=inspector,
+    )
 
-    tokens_by_digest = auth.load_tokens(settings.auth_tokens_file, settings.auth_tokens)
     interceptors: list[grpc.aio.ServerInterceptor] = [  # type: ignore[type-arg]
         AccessLogInterceptor(hash_sessions=bool(tokens_by_digest))
     ]
@@ -152,8 +165,8 @@ async def start(settings: config.Settings, engine: Engine) -> Running:
     await server.start()
     for name in ("", SERVICE_NAME):
         await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
-    running = Running(server, port, health_servicer, registry, executor, engine)
-    running.tasks.append(asyncio.create_task(_reap(registry)))
+    running = Running(server, port, health_servicer, registry, executor, engine, inspector)
+    running.tasks.append(asyncio.create_task(_upkeep(registry, list(regions.values()))))
     return running
 
 
@@ -173,14 +186,17 @@ def _expiration(seconds: float) -> float | None:
     return None if seconds < 0 else seconds
 
 
-async def _reap(registry: SessionRegistry) -> None:
-    """End idle sessions now and then."""
+async def _upkeep(registry: SessionRegistry, regions: list[CacheRegion]) -> None:
+    """Now and then: end idle sessions, drop expired entries."""
     timeout = registry.limits.idle_timeout
-    if timeout is None:
-        return
+    interval = 30.0 if timeout is None else max(0.05, min(timeout / 4, 30.0))
     while True:
-        await asyncio.sleep(max(0.05, min(timeout / 4, 30.0)))
+        await asyncio.sleep(interval)
         registry.reap()
+        for region in regions:
+            sweep = getattr(region.backend, "sweep", None)
+            if sweep is not None:
+                sweep()
 
 
 async def serve(settings: config.Settings, engine: Engine) -> int:

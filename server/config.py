@@ -55,7 +55,7 @@ class Settings:
     db_connect_timeout: int = _opt("seconds to establish a database connection", default=5)
     shared_region_backend: str = _opt(
         "dogpile.cache backend of the shared 'default' region",
-        default="dogpile.cache.memory_pickle",
+        default="sesscache.memory",
     )
     shared_region_arguments: str = _opt(
         "JSON object of arguments for the shared region's backend", default="{}"

@@ -22,6 +22,8 @@ _SESSION_ID = re.compile(r"[A-Za-z0-9._~-]{1,128}")
 MAX_NAME = 256
 MAX_IDS = 1000
 MAX_ID = 2**31 - 1
+#: Bad ids named one by one; the rest are counted, so the error fits in gRPC trailers.
+MAX_ID_VIOLATIONS = 10
 DEFAULT_PERSONS_PAGE = 50
 DEFAULT_KEYS_PAGE = 100
 MAX_PAGE = 1000
@@ -72,11 +74,14 @@ def persons_request(request: pb.QueryPersonsRequest, tokens: PageTokens) -> Pers
     if len(request.ids) > MAX_IDS:
         violations.append(("ids", f"at most {MAX_IDS} ids (got {len(request.ids)})"))
     else:
-        for index, value in enumerate(request.ids):
-            if not 1 <= value <= MAX_ID:
-                violations.append(
-                    (f"ids[{index}]", f"must be between 1 and {MAX_ID} (got {value})")
-                )
+        bad = [
+            (index, value) for index, value in enumerate(request.ids) if not 1 <= value <= MAX_ID
+        ]
+        for index, value in bad[:MAX_ID_VIOLATIONS]:
+            violations.append((f"ids[{index}]", f"must be between 1 and {MAX_ID} (got {value})"))
+        if len(bad) > MAX_ID_VIOLATIONS:
+            more = len(bad) - MAX_ID_VIOLATIONS
+            violations.append(("ids", f"{more} more ids not between 1 and {MAX_ID}"))
     if request.view not in pb.PersonView.values():
         violations.append(("view", f"unknown value {request.view}"))
     size = DEFAULT_PERSONS_PAGE

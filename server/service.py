@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import logging
 import time
+from dataclasses import dataclass
 
 from sqlalchemy.orm import Session
 from sqlalchemy.util import LRUCache
@@ -31,7 +32,7 @@ from server.paging import PageTokens
 from server.requests import PersonsRequest, persons_next_token
 from sesscache import tracking
 from sesscache.backend import store_for
-from sesscache.caching import CachedResult
+from sesscache.caching import CachedResult, QueryCache
 from sesscache.models import Person
 from sesscache.regions import LOCAL_REGION
 from sesscache.registry import SessionRegistry, SessionState
@@ -43,22 +44,44 @@ log = logging.getLogger(__name__)
 RESPONSE_RENDERING = "QueryPersonsResponse"
 
 
+@dataclass(frozen=True, slots=True)
+class Served:
+    """A QueryPersons response and what it took: ``rows`` in the cached page,
+    ``saved`` SQL statements a hit saved (what storing the entry took)."""
+
+    response: pb.QueryPersonsResponse
+    rows: int = 0
+    saved: int = 0
+
+
 class PersonService:
     """Runs QueryPersons against the caller's Session and its cache."""
 
     def __init__(
-        self, registry: SessionRegistry, tokens: PageTokens, *, known_queries: int = 10_000
+        self,
+        registry: SessionRegistry,
+        query_cache: QueryCache,
+        tokens: PageTokens,
+        *,
+        known_queries: int = 10_000,
     ) -> None:
         self.registry = registry
+        self.query_cache = query_cache
         self.tokens = tokens
         # The cache key of each query shape seen, so a hit needs no statement.
         self._keys: LRUCache[object, str] = LRUCache(known_queries)
 
     # -- event loop ------------------------------------------------------------
 
-    def serve_hit(
-        self, state: SessionState, request: PersonsRequest
-    ) -> pb.QueryPersonsResponse | None:
+    def key_of(self, request: PersonsRequest) -> str:
+        """The cache key a request is (or would be) stored under."""
+        key = self._keys.get(request.query)
+        if key is None:
+            key = self.query_cache.key_for(request.query.statement()).key
+            self._keys[request.query] = key
+        return key
+
+    def serve_hit(self, state: SessionState, request: PersonsRequest) -> Served | None:
         """The response for a hit whose rendering is cached, else None (no I/O)."""
         if request.bypass_cache:
             return None
@@ -83,11 +106,11 @@ class PersonService:
         response = pb.QueryPersonsResponse()
         response.CopyFrom(template)
         response.cache_status = pb.CACHE_STATUS_HIT
-        return response
+        return Served(response, rows=entry.rows, saved=payload.sql_statements)
 
     # -- worker thread ---------------------------------------------------------
 
-    def query_persons(self, request: PersonsRequest) -> pb.QueryPersonsResponse:
+    def query_persons(self, request: PersonsRequest) -> Served:
         """Run (or serve from the cache) one page of persons, in the current scope."""
         query = request.query
         session = self.registry.current_session()
@@ -108,28 +131,30 @@ class PersonService:
         if len(rows) > query.limit:
             response.next_page_token = persons_next_token(request, self.tokens, page[-1].id)
         lookup = tracker.first_lookup(LOCAL_REGION)
-        if request.bypass_cache or lookup is None:
+        if request.bypass_cache or lookup is None or lookup.outcome is tracking.Outcome.BYPASS:
             response.cache_status = pb.CACHE_STATUS_BYPASS
-            return response
+            return Served(response)
         response.cache_key = lookup.key
-        response.cache_status = (
-            pb.CACHE_STATUS_HIT if lookup.outcome is tracking.Outcome.HIT else pb.CACHE_STATUS_MISS
-        )
-        self._remember(session, query, lookup.key, response)
-        return response
+        hit = lookup.outcome is tracking.Outcome.HIT
+        response.cache_status = pb.CACHE_STATUS_HIT if hit else pb.CACHE_STATUS_MISS
+        payload = self._remember(session, query, lookup.key, response)
+        saved = payload.sql_statements if hit and payload is not None else 0
+        return Served(response, rows=lookup.rows, saved=saved)
 
     def _remember(
         self, session: Session, query: object, key: str, response: pb.QueryPersonsResponse
-    ) -> None:
+    ) -> CachedResult | None:
         """Keep the rendered response on the entry, for :meth:`serve_hit`."""
         self._keys[query] = key
         store = store_for(session, create=False)
         entry = store.peek(key) if store is not None else None
-        if entry is not None and isinstance(entry.value.payload, CachedResult):
-            template = pb.QueryPersonsResponse()
-            template.CopyFrom(response)
-            template.sql_statements = 0
-            entry.value.payload.renderings[RESPONSE_RENDERING] = template
+        if entry is None or not isinstance(entry.value.payload, CachedResult):
+            return None
+        template = pb.QueryPersonsResponse()
+        template.CopyFrom(response)
+        template.sql_statements = 0
+        entry.value.payload.renderings[RESPONSE_RENDERING] = template
+        return entry.value.payload
 
     def _undo(self, session: Session, tracker: tracking.CallTracker) -> None:
         """Roll back, and remove entries the failed call stored in the session cache."""

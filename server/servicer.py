@@ -4,9 +4,9 @@ Every call follows one shape: read and validate the caller's session id
 and the request, take the caller's session with its call lock (calls of one
 session run one at a time; calls of different sessions run side by side),
 then either answer on the event loop (a cache hit whose response is already
-rendered: no I/O) or hand the database work to a worker thread. A slow
-database call therefore holds one thread and one session, never the loop,
-so other sessions' hits go on being served.
+rendered, or an inspection: no I/O) or hand the database work to a worker
+thread. A slow database call therefore holds one thread and one session,
+never the loop, so other sessions' hits go on being served.
 
 A call cancelled by its client, or past its deadline, while its work runs in
 a thread keeps the session locked until that work has finished: the next
@@ -24,16 +24,27 @@ from collections.abc import AsyncIterator, Callable
 from concurrent.futures import Executor
 from typing import TYPE_CHECKING, TypeVar
 
-from google.protobuf.timestamp_pb2 import Timestamp
+from dogpile.cache.region import CacheRegion
+from sqlalchemy.orm import object_session
 
 from server import requests
 from server.auth import current_principal
-from server.errors import NotFound
+from server.errors import InvalidArgument, NotFound, PermissionDenied
+from server.inspection import (
+    EVENT_TYPES_BY_VALUE,
+    Inspector,
+    entry_message,
+    event_message,
+    server_totals,
+    session_message,
+    stats_message,
+)
 from server.interceptors import current_call
 from server.paging import PageTokens
 from server.service import PersonService
-from sesscache.backend import Entry
-from sesscache.registry import SessionRegistry, SessionState
+from sesscache.backend import Entry, SessionStore, SharedMemoryBackend
+from sesscache.regions import LOCAL_REGION, SHARED_REGION, clear_shared
+from sesscache.registry import ScopeKey, SessionRegistry, SessionState
 from sesscache.v1 import sesscache_pb2 as pb
 from sesscache.v1 import sesscache_pb2_grpc as pb_grpc
 
@@ -48,10 +59,18 @@ _STATUS_NAMES = {
     pb.CACHE_STATUS_MISS: "MISS",
     pb.CACHE_STATUS_BYPASS: "BYPASS",
 }
+#: ListCacheKeys ``region`` value listing the session's entries and the shared region's.
+ALL_REGIONS = "*"
+_ORDERS = {
+    pb.CACHE_ENTRY_ORDER_UNSPECIFIED,
+    pb.CACHE_ENTRY_ORDER_STORED,
+    pb.CACHE_ENTRY_ORDER_HITS,
+    pb.CACHE_ENTRY_ORDER_SIZE,
+}
 
 
 class SessionCacheServicer(pb_grpc.SessionCacheServicer):
-    """QueryPersons, ListCacheKeys and EndSession over the session registry."""
+    """The RPCs, over the session registry, the regions and the inspector."""
 
     def __init__(
         self,
@@ -59,11 +78,20 @@ class SessionCacheServicer(pb_grpc.SessionCacheServicer):
         service: PersonService,
         tokens: PageTokens,
         executor: Executor,
+        *,
+        regions: dict[str, CacheRegion],
+        inspector: Inspector,
+        watch_buffer: int = 1000,
     ) -> None:
         self.registry = registry
         self.service = service
         self.tokens = tokens
         self.executor = executor
+        self.regions = regions
+        self.inspector = inspector
+        self.watch_buffer = watch_buffer
+
+    # -- queries -----------------------------------------------------------------
 
     async def QueryPersons(
         self, request: pb.QueryPersonsRequest, context: Context
@@ -71,38 +99,158 @@ class SessionCacheServicer(pb_grpc.SessionCacheServicer):
         session_id = self._session_id(context)
         persons = requests.persons_request(request, self.tokens)
         async with self._session(session_id, context) as state:
-            response = self.service.serve_hit(state, persons)
-            if response is None:
-                response = await self._in_thread(state, self.service.query_persons, persons)
-            if response.cache_status == pb.CACHE_STATUS_HIT:
-                state.hits += 1
-            elif response.cache_status == pb.CACHE_STATUS_MISS:
-                state.misses += 1
+            served = self.service.serve_hit(state, persons)
+            if served is None:
+                served = await self._in_thread(state, self.service.query_persons, persons)
+        response = served.response
+        status = response.cache_status
+        if status == pb.CACHE_STATUS_HIT:
+            self.inspector.hit(state, LOCAL_REGION, response.cache_key, served.rows, served.saved)
+        elif status == pb.CACHE_STATUS_MISS:
+            self.inspector.miss(
+                state, LOCAL_REGION, response.cache_key, served.rows, response.sql_statements
+            )
+        else:
+            self.inspector.bypass(state, response.sql_statements)
         record = current_call()
         if record is not None:
-            record.cache_status = _STATUS_NAMES.get(response.cache_status, "-")
+            record.cache_status = _STATUS_NAMES.get(status, "-")
         return response
+
+    # -- inspection -----------------------------------------------------------------
 
     async def ListCacheKeys(
         self, request: pb.ListCacheKeysRequest, context: Context
     ) -> pb.ListCacheKeysResponse:
-        session_id = self._session_id(context)
         size = requests.page_size(request.page_size, default=requests.DEFAULT_KEYS_PAGE)
-        if session_id is None:
-            raise NotFound(
-                "ListCacheKeys lists the caller's session: send its id in the 'session-id' metadata"
+        if request.order_by not in _ORDERS:
+            raise InvalidArgument.field("order_by", f"unknown value {request.order_by}")
+        region = request.region or LOCAL_REGION
+        if region not in (LOCAL_REGION, SHARED_REGION, ALL_REGIONS):
+            raise InvalidArgument.field(
+                "region",
+                f"must be {LOCAL_REGION!r}, {SHARED_REGION!r} or {ALL_REGIONS!r} "
+                f"(got {request.region!r})",
             )
-        async with self._session(session_id, context, create=False) as state:
-            fingerprint = f"keys:{session_id}"
-            after = self.tokens.decode(request.page_token, fingerprint)
+        if len(request.entity) > requests.MAX_NAME:
+            raise InvalidArgument.field("entity", f"at most {requests.MAX_NAME} characters")
+        async with self._target_session(request.session, context) as state:
             store = self.registry.store_of(state)
-            response = pb.ListCacheKeysResponse(total_size=len(store) if store else 0)
-            if store is not None:
-                page = store.page(after_seq=after, limit=size + 1)
-                response.entries.extend(entry_message(entry) for entry in page[:size])
-                if len(page) > size:
-                    response.next_page_token = self.tokens.encode(fingerprint, page[size - 1].seq)
+            local = list(store) if store is not None and region != SHARED_REGION else []
+            shared = self._shared_entries() if region != LOCAL_REGION else []
+            fingerprint = f"keys:{state.handle}:{region}:{request.entity}:{request.order_by}"
+            after = self.tokens.decode(request.page_token, fingerprint)
+            entries = [
+                entry
+                for entry in (*local, *shared)
+                if not request.entity or entry.description.entity == request.entity
+            ]
+            order = request.order_by
+            if order == pb.CACHE_ENTRY_ORDER_HITS:
+                entries.sort(key=lambda e: e.hits, reverse=True)
+            elif order == pb.CACHE_ENTRY_ORDER_SIZE:
+                entries.sort(key=lambda e: e.size, reverse=True)
+            page = entries[after : after + size]
+            response = pb.ListCacheKeysResponse(total_size=len(entries))
+            for entry in page:
+                live = _live_objects(entry) if entry.region == LOCAL_REGION else 0
+                response.entries.append(entry_message(entry, live_objects=live))
+            if after + size < len(entries):
+                response.next_page_token = self.tokens.encode(fingerprint, after + size)
         return response
+
+    async def GetStats(self, request: pb.GetStatsRequest, context: Context) -> pb.GetStatsResponse:
+        session_id = self._session_id(context)
+        response = pb.GetStatsResponse()
+        if session_id is not None:
+            state = self.registry.get(session_id, principal=self._principal(context))
+            if state is None:
+                raise NotFound(_no_session(session_id))
+            store = self.registry.store_of(state)
+            response.session.CopyFrom(
+                stats_message(
+                    state.counters.snapshot(),
+                    entries=len(store) if store is not None else 0,
+                    size_bytes=store.bytes if store is not None else 0,
+                )
+            )
+        entries, size = server_totals(self.registry)
+        shared = self._shared_entries()
+        response.server.CopyFrom(
+            stats_message(
+                self.inspector.counters.snapshot(),
+                entries=entries + len(shared),
+                size_bytes=size + sum(entry.size for entry in shared),
+                sessions=len(self.registry),
+                ended=self.registry.sessions_ended,
+            )
+        )
+        return response
+
+    async def ResetStats(
+        self, request: pb.ResetStatsRequest, context: Context
+    ) -> pb.ResetStatsResponse:
+        if request.server:
+            self._require_admin("resetting the server's statistics")
+            before = self.inspector.counters.reset()
+            return pb.ResetStatsResponse(
+                before=stats_message(before, entries=0, size_bytes=0, sessions=len(self.registry))
+            )
+        session_id = self._session_id(context)
+        if session_id is None:
+            raise InvalidArgument.field(
+                requests.SESSION_ID_KEY, "name the session to reset, or set `server`"
+            )
+        state = self.registry.get(session_id, principal=self._principal(context))
+        if state is None:
+            raise NotFound(_no_session(session_id))
+        before = state.counters.reset()
+        return pb.ResetStatsResponse(before=stats_message(before, entries=0, size_bytes=0))
+
+    async def Invalidate(
+        self, request: pb.InvalidateRequest, context: Context
+    ) -> pb.InvalidateResponse:
+        target = request.WhichOneof("target")
+        if target is None:
+            raise InvalidArgument.field(
+                "target", "set one of key, query, session_cache or shared_region"
+            )
+        if target == "shared_region":
+            self._require_admin("invalidating the shared region")
+            cleared = clear_shared(self.regions[SHARED_REGION])
+            entries = [entry for entry in cleared if isinstance(entry, Entry)]
+            self.inspector.invalidated(None, ("", ""), entries)
+            response = pb.InvalidateResponse()
+            for item in cleared:
+                if isinstance(item, Entry):
+                    response.removed.append(entry_message(item))
+                else:
+                    response.removed.append(pb.CacheEntry(key=item, region=SHARED_REGION))
+            return response
+        if target == "key" and not request.key:
+            raise InvalidArgument.field("key", "must not be empty")
+        if target == "key" and len(request.key) > 100_000:
+            raise InvalidArgument.field("key", "too long to be a cache key")
+        query = requests.persons_request(request.query, self.tokens) if target == "query" else None
+        session_id = self._session_id(context)
+        if session_id is None:
+            raise NotFound("Invalidate works on the caller's session: send its 'session-id'")
+        async with self._session(session_id, context, create=False) as state:
+            store = self.registry.store_of(state)
+            removed: list[Entry] = []
+            if target == "session_cache":
+                removed = store.clear() if store is not None else []
+            elif target == "query":
+                assert query is not None
+                key = self.service.key_of(query)
+                found = store.delete(key) if store is not None else None
+                removed = [found] if found is not None else []
+            else:
+                removed = self._delete_key(store, request.key)
+        self.inspector.invalidated(state, state.key, removed)
+        return pb.InvalidateResponse(removed=[entry_message(entry) for entry in removed])
+
+    # -- sessions ---------------------------------------------------------------------
 
     async def EndSession(
         self, request: pb.EndSessionRequest, context: Context
@@ -121,7 +269,66 @@ class SessionCacheServicer(pb_grpc.SessionCacheServicer):
             self.registry.release(state)
         return pb.EndSessionResponse(existed=ended.existed, keys_dropped=ended.keys_dropped)
 
-    # -- the shape every call shares -------------------------------------------
+    async def ListSessions(
+        self, request: pb.ListSessionsRequest, context: Context
+    ) -> pb.ListSessionsResponse:
+        self._require_admin("listing sessions")
+        size = requests.page_size(request.page_size, default=requests.DEFAULT_KEYS_PAGE)
+        after = self.tokens.decode(request.page_token, "sessions")
+        states = sorted(
+            (state for state in self.registry.states() if state.serial > after),
+            key=lambda state: state.serial,
+        )
+        response = pb.ListSessionsResponse(total_size=len(self.registry))
+        for state in states[:size]:
+            response.sessions.append(
+                session_message(state, self.registry.store_of(state), self.inspector)
+            )
+        if len(states) > size:
+            response.next_page_token = self.tokens.encode("sessions", states[size - 1].serial)
+        return response
+
+    async def EndSessions(
+        self, request: pb.EndSessionsRequest, context: Context
+    ) -> pb.EndSessionsResponse:
+        self._require_admin("ending sessions in bulk")
+        min_idle = request.min_idle.ToNanoseconds() / 1e9
+        if min_idle <= 0:
+            raise InvalidArgument.field("min_idle", "must be a positive duration, e.g. 300s")
+        ended = self.registry.end_idle(min_idle)
+        return pb.EndSessionsResponse(
+            ended=len(ended), keys_dropped=sum(dropped for _, dropped in ended)
+        )
+
+    async def WatchCacheEvents(
+        self, request: pb.WatchCacheEventsRequest, context: Context
+    ) -> AsyncIterator[pb.CacheEvent]:
+        types = []
+        for index, value in enumerate(request.types):
+            if value not in EVENT_TYPES_BY_VALUE:
+                raise InvalidArgument.field(f"types[{index}]", f"unknown value {value}")
+            types.append(EVENT_TYPES_BY_VALUE[value])
+        session: ScopeKey | None = None
+        if request.all_sessions:
+            self._require_admin("watching every session")
+        else:
+            session_id = self._session_id(context)
+            if session_id is None:
+                raise InvalidArgument.field(
+                    requests.SESSION_ID_KEY, "name the session to watch, or set all_sessions"
+                )
+            session = (self._principal(context), session_id)
+        subscription = self.inspector.events.subscribe(
+            session=session, types=types, capacity=self.watch_buffer
+        )
+        try:
+            while (item := await subscription.next()) is not None:
+                event, lost = item
+                yield event_message(event, lost, self.inspector)
+        finally:
+            subscription.close()
+
+    # -- the shape every call shares -----------------------------------------------
 
     def _session_id(self, context: Context) -> str | None:
         session_id = requests.session_id_from(context.invocation_metadata())
@@ -134,6 +341,33 @@ class SessionCacheServicer(pb_grpc.SessionCacheServicer):
     def _principal(context: Context) -> str:
         return current_principal().name
 
+    @staticmethod
+    def _require_admin(what: str) -> None:
+        if not current_principal().admin:
+            raise PermissionDenied(f"{what} needs the admin role")
+
+    @contextlib.asynccontextmanager
+    async def _target_session(self, handle: str, context: Context) -> AsyncIterator[SessionState]:
+        """The caller's session, or (admin) the session with ``handle``, locked."""
+        if not handle:
+            session_id = self._session_id(context)
+            if session_id is None:
+                raise NotFound(
+                    "this call inspects the caller's session: send its id in the "
+                    "'session-id' metadata"
+                )
+            async with self._session(session_id, context, create=False) as state:
+                yield state
+            return
+        self._require_admin("inspecting another session")
+        target = self.registry.by_handle(handle)
+        if target is None:
+            raise NotFound(f"no live session with handle {handle!r}")
+        async with self._session(
+            target.session_id, context, create=False, principal=target.principal
+        ) as locked:
+            yield locked
+
     @contextlib.asynccontextmanager
     async def _session(
         self,
@@ -141,6 +375,7 @@ class SessionCacheServicer(pb_grpc.SessionCacheServicer):
         context: Context,
         *,
         create: bool = True,
+        principal: str | None = None,
     ) -> AsyncIterator[SessionState]:
         """The caller's session, locked for this call.
 
@@ -148,18 +383,15 @@ class SessionCacheServicer(pb_grpc.SessionCacheServicer):
         ended while this call waited for its lock is opened afresh (or, with
         ``create`` False, reported NOT_FOUND).
         """
-        principal = self._principal(context)
+        owner = self._principal(context) if principal is None else principal
         while True:
             if create:
-                state = self.registry.open(session_id, principal=principal, peer=context.peer())
+                state = self.registry.open(session_id, principal=owner, peer=context.peer())
             else:
                 assert session_id is not None
-                found = self.registry.get(session_id, principal=principal)
+                found = self.registry.get(session_id, principal=owner)
                 if found is None:
-                    raise NotFound(
-                        f"no session {session_id!r} on this server: it was never used, was ended "
-                        "or reaped, or the server restarted (sessions live in server memory)"
-                    )
+                    raise NotFound(_no_session(session_id))
                 state = found
                 self.registry.acquire(state)
             try:
@@ -189,32 +421,43 @@ class SessionCacheServicer(pb_grpc.SessionCacheServicer):
                     await asyncio.wait([future])
             raise
 
+    def _shared_entries(self) -> list[Entry]:
+        backend = self.regions[SHARED_REGION].backend
+        return backend.entries() if isinstance(backend, SharedMemoryBackend) else []
 
-def _timestamp(seconds: float) -> Timestamp:
-    stamp = Timestamp()
-    stamp.FromNanoseconds(int(seconds * 1e9))
-    return stamp
+    def _delete_key(self, store: SessionStore | None, key_or_digest: str) -> list[Entry]:
+        """Remove one entry, by key or digest, from the session or the shared region."""
+        if store is not None:
+            entry = store.peek(key_or_digest) or next(
+                (e for e in store if e.digest == key_or_digest), None
+            )
+            if entry is not None:
+                store.delete(entry.key)
+                return [entry]
+        backend = self.regions[SHARED_REGION].backend
+        if isinstance(backend, SharedMemoryBackend):
+            for entry in backend.entries():
+                if key_or_digest in (entry.key, entry.digest):
+                    backend.delete(entry.key)
+                    return [entry]
+        return []
 
 
-def entry_message(entry: Entry) -> pb.CacheEntry:
-    """The CacheEntry message for a store entry (reading it is not an access)."""
-    description = entry.description
-    message = pb.CacheEntry(
-        key=entry.key,
-        digest=entry.digest,
-        region=entry.region,
-        stored_at=_timestamp(entry.stored_at),
-        last_access=_timestamp(entry.last_access),
-        rows=description.rows,
-        statement=description.statement,
-        parameters={name: repr(value) for name, value in description.parameters.items()},
-        entity=description.entity,
-        hits=entry.hits,
-        size_bytes=description.size,
+def _no_session(session_id: str) -> str:
+    return (
+        f"no session {session_id!r} on this server: it was never used, was ended or reaped, "
+        "or the server restarted (sessions live in server memory)"
     )
-    expires_in = entry.expires_in()
-    if expires_in is None:
-        message.no_expiry = True
-    else:
-        message.expires_in.FromNanoseconds(int(max(expires_in, 0.0) * 1e9))
-    return message
+
+
+def _live_objects(entry: Entry) -> int:
+    """How many of the entry's objects are still in a session (not expunged)."""
+    frozen = getattr(entry.value.payload, "frozen", None)
+    if frozen is None:
+        return 0
+    return sum(
+        1
+        for row in frozen.data
+        for obj in (row if isinstance(row, tuple) else (row,))
+        if object_session(obj) is not None
+    )

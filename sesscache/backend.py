@@ -33,10 +33,12 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import pickle
+import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Protocol, runtime_checkable
 
 from dogpile.cache import register_backend as _dogpile_register_backend
@@ -49,18 +51,27 @@ log = logging.getLogger(__name__)
 #: The name this backend is registered under with dogpile.cache.
 BACKEND_NAME = "sesscache.session_local"
 
+#: The name of the shared, pickling, expiring memory backend.
+SHARED_BACKEND_NAME = "sesscache.memory"
+
 #: The ``Session.info`` key holding a session's :class:`SessionStore`.
 STORE_INFO_KEY = "sesscache.store"
 
 
 def register_backend() -> None:
-    """Register :class:`SessionLocalBackend` with dogpile.cache as ``sesscache.session_local``.
+    """Register the backends with dogpile.cache.
+
+    :class:`SessionLocalBackend` as ``sesscache.session_local`` and
+    :class:`SharedMemoryBackend` as ``sesscache.memory``.
 
     Idempotent. (Installed as a package, the ``dogpile.cache`` entry point in
     pyproject.toml registers it too.)
     """
     _dogpile_register_backend(  # type: ignore[no-untyped-call]
         BACKEND_NAME, __name__, "SessionLocalBackend"
+    )
+    _dogpile_register_backend(  # type: ignore[no-untyped-call]
+        SHARED_BACKEND_NAME, __name__, "SharedMemoryBackend"
     )
 
 
@@ -337,3 +348,85 @@ def _unserialized(value: CachedValue | bytes) -> CachedValue:
             "configure its region without a serializer"
         )
     return value
+
+
+@dataclass(frozen=True, slots=True)
+class _Pickled:
+    """A pickled payload that still describes itself."""
+
+    data: bytes
+    description: Description
+
+    def describe(self) -> Description:
+        return self.description
+
+
+class SharedMemoryBackend(CacheBackend):
+    """An in-process backend shared by every session: pickled, bounded, expiring.
+
+    Like ``dogpile.cache.memory_pickle``, values are stored pickled, so what
+    a reader gets is a snapshot, never objects another session (or thread)
+    is using. Unlike it, entries whose expiry has passed are dropped by
+    :meth:`sweep` (the server calls it periodically) instead of being kept
+    forever, the store can be bounded, and entries can be inspected like a
+    session's (:attr:`store`).
+
+    Arguments:
+
+    ``region_name`` (optional, default ``"default"``)
+        The region name recorded on each entry.
+    ``max_entries`` / ``max_bytes`` (optional, default unbounded)
+        Least recently used entries are evicted beyond these.
+    """
+
+    def __init__(self, arguments: Mapping[str, Any]) -> None:
+        self.region_name: str = arguments.get("region_name", "default")
+        self.store = SessionStore(
+            max_entries=arguments.get("max_entries"), max_bytes=arguments.get("max_bytes")
+        )
+        self.lock = threading.Lock()
+
+    def get(self, key: str) -> CachedValue | NoValue:
+        with self.lock:
+            entry = self.store.get(key)
+        if entry is None:
+            return NO_VALUE
+        pickled = entry.value.payload
+        return CachedValue(pickle.loads(pickled.data), entry.value.metadata)  # noqa: S301
+
+    def get_multi(self, keys: Iterable[str]) -> list[CachedValue | NoValue]:
+        return [self.get(key) for key in keys]
+
+    def set(self, key: str, value: CachedValue | bytes) -> None:
+        value = _unserialized(value)
+        payload = value.payload
+        description = payload.describe() if isinstance(payload, Describable) else Description()
+        description = replace(
+            description, size=len(data := pickle.dumps(payload, pickle.HIGHEST_PROTOCOL))
+        )
+        with self.lock:
+            self.store.put(
+                key, CachedValue(_Pickled(data, description), value.metadata), self.region_name
+            )
+
+    def set_multi(self, mapping: Mapping[str, CachedValue | bytes]) -> None:
+        for key, value in mapping.items():
+            self.set(key, value)
+
+    def delete(self, key: str) -> None:
+        with self.lock:
+            self.store.delete(key)
+
+    def delete_multi(self, keys: Iterable[str]) -> None:
+        for key in keys:
+            self.delete(key)
+
+    def sweep(self, now: float | None = None) -> list[Entry]:
+        """Drop expired entries; return them."""
+        with self.lock:
+            return self.store.expire(now)
+
+    def entries(self) -> list[Entry]:
+        """A snapshot of the entries, oldest first."""
+        with self.lock:
+            return list(self.store)

@@ -30,6 +30,7 @@ Usage::
 
 from __future__ import annotations
 
+import logging
 import sys
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -47,6 +48,8 @@ from sqlalchemy.util import LRUCache
 
 from sesscache import tracking
 from sesscache.backend import Description
+
+log = logging.getLogger(__name__)
 
 SessionTarget = type[Session] | sessionmaker[Any] | scoped_session[Any] | Session
 
@@ -274,19 +277,43 @@ class QueryCache:
             created.append(payload)
             return payload
 
-        if option.ignore_expiration:
-            payload = region.get(
-                key, expiration_time=option.expiration_time, ignore_expiration=True
+        session_local = getattr(region.backend, "holds_session_objects", False)
+        running = False
+
+        def guarded_create() -> CachedResult:
+            nonlocal running
+            running = True
+            payload = create()
+            running = False
+            return payload
+
+        try:
+            if option.ignore_expiration:
+                payload = region.get(
+                    key, expiration_time=option.expiration_time, ignore_expiration=True
+                )
+                if payload is NO_VALUE:
+                    payload = guarded_create()
+                    region.set(key, payload)
+            else:
+                payload = region.get_or_create(
+                    key, guarded_create, expiration_time=option.expiration_time
+                )
+        except Exception as error:
+            if session_local or running:
+                raise  # the statement failed (or our own store did): not a cache outage
+            # A shared cache (Redis, say) that fails must not fail the query:
+            # serve it from the database, uncached.
+            log.warning("cache region %r failed (%s); querying uncached", option.region, error)
+            payload = created[0] if created else create()
+            tracking.record_lookup(
+                option.region, key, tracking.Outcome.BYPASS, len(payload.frozen.data)
             )
-            if payload is NO_VALUE:
-                payload = create()
-                region.set(key, payload)
-        else:
-            payload = region.get_or_create(key, create, expiration_time=option.expiration_time)
+            return payload.frozen()
 
         outcome = tracking.Outcome.MISS if created else tracking.Outcome.HIT
         tracking.record_lookup(option.region, key, outcome, payload.description.rows)
-        if created or getattr(region.backend, "holds_session_objects", False):
+        if created or session_local:
             # The rows are this session's own objects: no merge needed.
             return payload.frozen()
         merged: FrozenResult[Any] = loading.merge_frozen_result(  # type: ignore[no-untyped-call]

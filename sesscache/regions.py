@@ -10,13 +10,14 @@
     loads of an address's postal code, its city and the city's country are
     cached here (:data:`ADDRESS_BITS`), as the dogpile_caching example's
     ``cache_address_bits`` does. Its values are always serialized (in memory:
-    ``dogpile.cache.memory_pickle``): a shared entry must be a snapshot, not
+    :class:`sesscache.backend.SharedMemoryBackend`): a shared entry must be a snapshot, not
     live objects of the session that stored it, which that session may
     expire or change, and which other threads must not touch.
 """
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -25,7 +26,13 @@ from dogpile.cache import make_region
 from dogpile.cache.region import CacheRegion
 from sqlalchemy.orm import Session
 
-from sesscache.backend import BACKEND_NAME, register_backend
+from sesscache.backend import (
+    BACKEND_NAME,
+    SHARED_BACKEND_NAME,
+    Entry,
+    SharedMemoryBackend,
+    register_backend,
+)
 from sesscache.caching import RelationshipCache
 from sesscache.models import Address, City, PostalCode
 
@@ -51,7 +58,7 @@ class RegionSettings:
     """
 
     local_expiration: float | None = None
-    shared_backend: str = "dogpile.cache.memory_pickle"
+    shared_backend: str = "sesscache.memory"
     shared_arguments: Mapping[str, Any] = field(default_factory=dict)
     shared_expiration: float | None = 3600.0
 
@@ -67,9 +74,37 @@ def make_regions(
         expiration_time=settings.local_expiration,
         arguments={"scoped_session": current_session, "region_name": LOCAL_REGION},
     )
-    shared = make_region(name=SHARED_REGION).configure(
+    in_process = settings.shared_backend == SHARED_BACKEND_NAME
+    shared = make_region(
+        name=SHARED_REGION, key_mangler=None if in_process else shared_key
+    ).configure(
         settings.shared_backend,
         expiration_time=settings.shared_expiration,
         arguments=dict(settings.shared_arguments),
     )
     return {LOCAL_REGION: local, SHARED_REGION: shared}
+
+
+#: Prefix of the shared region's keys in an external store (Redis, memcached).
+SHARED_KEY_PREFIX = "sesscache:default:"
+
+
+def shared_key(key: str) -> str:
+    """The shared region's key in an external store: prefixed, fixed length."""
+    return SHARED_KEY_PREFIX + hashlib.sha1(key.encode(), usedforsecurity=False).hexdigest()
+
+
+def clear_shared(region: CacheRegion) -> list[Entry] | list[str]:
+    """Remove every entry of the shared region; return them (external stores: their keys)."""
+    backend = region.backend
+    if isinstance(backend, SharedMemoryBackend):
+        with backend.lock:
+            return backend.store.clear()
+    client = getattr(backend, "writer_client", None)
+    if client is not None:  # dogpile.cache.redis
+        keys = [k.decode() for k in client.scan_iter(match=SHARED_KEY_PREFIX + "*", count=500)]
+        if keys:
+            client.delete(*keys)
+        return keys
+    region.invalidate(hard=True)  # type: ignore[no-untyped-call]
+    return []

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import hashlib
 import itertools
 import logging
 import threading
@@ -30,11 +31,12 @@ from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import cast
+from typing import Protocol, cast
 
 from sqlalchemy.orm import Session, scoped_session, sessionmaker
 
-from sesscache.backend import STORE_INFO_KEY, SessionStore, store_for
+from sesscache.backend import STORE_INFO_KEY, Entry, SessionStore, store_for
+from sesscache.stats import Counters
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +46,16 @@ ScopeKey = tuple[str, str]
 _scope: contextvars.ContextVar[ScopeKey | None] = contextvars.ContextVar(
     "sesscache_scope", default=None
 )
+
+
+class RegistryObserver(Protocol):
+    """Told what the registry and the session caches drop, and why."""
+
+    def entry_removed(self, key: ScopeKey, entry: Entry, reason: str) -> None:
+        """An entry left a session cache: ``reason`` is "evicted" or "expired"."""
+
+    def session_ended(self, state: SessionState, reason: str, keys_dropped: int) -> None:
+        """A session ended: ``reason`` is "ended", "idle", "evicted" or "shutdown"."""
 
 
 class RegistryFull(Exception):
@@ -75,6 +87,7 @@ class SessionState:
     """Book-keeping for one live session."""
 
     key: ScopeKey
+    serial: int = 0
     ephemeral: bool = False
     peer: str = ""
     created: float = field(default_factory=time.time)
@@ -82,9 +95,8 @@ class SessionState:
     last_active_monotonic: float = field(default_factory=time.monotonic)
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     users: int = 0
-    hits: int = 0
-    misses: int = 0
     ended: bool = False
+    counters: Counters = field(default_factory=Counters)
 
     @property
     def principal(self) -> str:
@@ -93,6 +105,12 @@ class SessionState:
     @property
     def session_id(self) -> str:
         return self.key[1]
+
+    @property
+    def handle(self) -> str:
+        """A stable, opaque name for the session that reveals neither owner nor id."""
+        text = f"{self.key[0]}\0{self.key[1]}".encode()
+        return hashlib.blake2b(text, digest_size=8).hexdigest()
 
 
 @dataclass(frozen=True, slots=True)
@@ -111,9 +129,14 @@ class SessionRegistry:
     """
 
     def __init__(
-        self, session_factory: Callable[[], Session], *, limits: Limits | None = None
+        self,
+        session_factory: Callable[[], Session],
+        *,
+        limits: Limits | None = None,
+        observer: RegistryObserver | None = None,
     ) -> None:
         self.limits = limits or Limits()
+        self.observer = observer
         self._factory = session_factory
         # scoped_session only ever calls its factory, so a plain callable
         # that adds the bounded store to each new Session serves.
@@ -123,8 +146,10 @@ class SessionRegistry:
         self._states: OrderedDict[ScopeKey, SessionState] = OrderedDict()
         self._lock = threading.RLock()
         self._ephemeral_ids = itertools.count(1)
+        self._serials = itertools.count(1)
         self.sessions_evicted = 0
         self.sessions_expired = 0
+        self.sessions_ended = 0
 
     # -- scope ---------------------------------------------------------------
 
@@ -137,10 +162,20 @@ class SessionRegistry:
 
     def _new_session(self) -> Session:
         session = self._factory()
+        key = self._current_scope()
         session.info[STORE_INFO_KEY] = SessionStore(
-            max_entries=self.limits.max_entries, max_bytes=self.limits.max_bytes
+            max_entries=self.limits.max_entries,
+            max_bytes=self.limits.max_bytes,
+            on_removal=lambda entry, reason: self._entry_removed(key, entry, reason),
         )
         return session
+
+    def _entry_removed(self, key: ScopeKey, entry: Entry, reason: str) -> None:
+        state = self._states.get(key)
+        if state is not None:
+            state.counters.add(**{"evictions" if reason == "evicted" else "expirations": 1})
+        if self.observer is not None:
+            self.observer.entry_removed(key, entry, reason)
 
     def current_session(self) -> Session:
         """The Session of the current scope (made on first use)."""
@@ -179,7 +214,9 @@ class SessionRegistry:
                 state = self._states.get(key)  # type: ignore[assignment]
                 if state is None:
                     self._make_room()
-                    state = self._states[key] = SessionState(key, peer=peer)
+                    state = self._states[key] = SessionState(
+                        key, serial=next(self._serials), peer=peer
+                    )
                 else:
                     self._states.move_to_end(key)
             state.users += 1
@@ -189,10 +226,33 @@ class SessionRegistry:
         """The state of an existing session, without opening it."""
         return self._states.get((principal, session_id))
 
+    def by_handle(self, handle: str) -> SessionState | None:
+        """The live session whose :attr:`SessionState.handle` is ``handle``."""
+        for state in self.states():
+            if state.handle == handle:
+                return state
+        return None
+
+    def idle_for(self, seconds: float, now: float | None = None) -> list[SessionState]:
+        """Sessions with no call for at least ``seconds`` (none in use)."""
+        now = time.monotonic() if now is None else now
+        return [
+            state
+            for state in self.states()
+            if state.users == 0 and now - state.last_active_monotonic >= seconds
+        ]
+
+    def end_idle(self, seconds: float) -> list[tuple[SessionState, int]]:
+        """End every session idle for at least ``seconds``; return them with keys dropped."""
+        with self._lock:
+            return [(state, self._remove(state, "ended")) for state in self.idle_for(seconds)]
+
     def acquire(self, state: SessionState) -> None:
         """Mark an existing ``state`` in use (see :meth:`release`)."""
         with self._lock:
             state.users += 1
+            if self._states.get(state.key) is state:
+                self._states.move_to_end(state.key)  # any call is a use, for the LRU order
 
     def release(self, state: SessionState) -> None:
         """The caller is done with ``state``; ephemeral sessions end here."""
@@ -201,7 +261,7 @@ class SessionRegistry:
             state.last_active = time.time()
             state.last_active_monotonic = time.monotonic()
             if state.ephemeral and state.users == 0:
-                self._remove(state)
+                self._remove(state, "")
 
     def end(self, state: SessionState) -> Ended:
         """End ``state``'s session: close it and drop its cache.
@@ -211,7 +271,7 @@ class SessionRegistry:
         with self._lock:
             if state.ended:
                 return Ended(existed=False, keys_dropped=0)
-            return Ended(existed=True, keys_dropped=self._remove(state))
+            return Ended(existed=True, keys_dropped=self._remove(state, "ended"))
 
     def store_of(self, state: SessionState) -> SessionStore | None:
         """The cache store of ``state``'s session, if its Session was ever made."""
@@ -236,31 +296,36 @@ class SessionRegistry:
         return len(self._states)
 
     def reap(self, now: float | None = None) -> list[SessionState]:
-        """End the sessions idle longer than ``limits.idle_timeout``; return them.
+        """End sessions idle longer than ``limits.idle_timeout``; return them.
 
-        Sessions in use are never reaped.
+        Also drops expired entries from the caches of the idle sessions that
+        stay. Sessions in use are never touched.
         """
         timeout = self.limits.idle_timeout
-        if timeout is None:
-            return []
         now = time.monotonic() if now is None else now
         reaped = []
         with self._lock:
             for state in list(self._states.values()):
-                if state.users == 0 and now - state.last_active_monotonic >= timeout:
-                    dropped = self._remove(state)
+                if state.users:
+                    continue
+                if timeout is not None and now - state.last_active_monotonic >= timeout:
+                    dropped = self._remove(state, "idle")
                     self.sessions_expired += 1
                     log.debug(
                         "session %s expired after idling (%d keys dropped)", state.key[1], dropped
                     )
                     reaped.append(state)
+                else:
+                    store = self.store_of(state)
+                    if store is not None:
+                        store.expire()
         return reaped
 
     def close_all(self) -> None:
         """End every session (at shutdown)."""
         with self._lock:
             for state in list(self._states.values()):
-                self._remove(state)
+                self._remove(state, "shutdown")
 
     # -- internals -----------------------------------------------------------
 
@@ -269,7 +334,7 @@ class SessionRegistry:
             return
         for state in self._states.values():  # least recently used first
             if state.users == 0:
-                dropped = self._remove(state)
+                dropped = self._remove(state, "evicted")
                 self.sessions_evicted += 1
                 log.debug(
                     "session %s evicted to make room (%d keys dropped)", state.key[1], dropped
@@ -280,8 +345,11 @@ class SessionRegistry:
             "end sessions you no longer need (EndSession) or retry later"
         )
 
-    def _remove(self, state: SessionState) -> int:
-        """Close the Session of ``state`` and forget it; return the keys dropped."""
+    def _remove(self, state: SessionState, reason: str) -> int:
+        """Close the Session of ``state`` and forget it; return the keys dropped.
+
+        ``reason`` is told to the observer; "" (an ephemeral session) is not.
+        """
         state.ended = True
         if not state.ephemeral:
             self._states.pop(state.key, None)
@@ -296,4 +364,8 @@ class SessionRegistry:
                 self.scoped.remove()
         finally:
             _scope.reset(token)
+        if reason:
+            self.sessions_ended += 1
+            if self.observer is not None:
+                self.observer.session_ended(state, reason, dropped)
         return dropped

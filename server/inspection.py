@@ -1,0 +1,195 @@
+"""What the server knows about its caches: counters, events, and their messages.
+
+:class:`Inspector` is the registry's observer (evictions, expiries, ended
+sessions) and the servicer's record keeper (hits, misses, stores,
+invalidations, SQL emitted and saved): it keeps the server-wide
+:class:`~sesscache.stats.Counters` and publishes every event on the
+:class:`~sesscache.events.EventBus` that ``WatchCacheEvents`` reads. Per
+session counters live on each :class:`~sesscache.registry.SessionState`.
+
+The ``*_message`` functions turn entries, counters, sessions and events into
+their protobuf messages. Reading an entry for inspection is never an access.
+"""
+
+from __future__ import annotations
+
+import time
+
+from google.protobuf.timestamp_pb2 import Timestamp
+
+from server.interceptors import session_label
+from sesscache.backend import Entry, SessionStore, digest_of
+from sesscache.events import Event, EventBus, EventType
+from sesscache.registry import ScopeKey, SessionRegistry, SessionState
+from sesscache.stats import Counters
+from sesscache.v1 import sesscache_pb2 as pb
+
+EVENT_TYPES = {
+    EventType.HIT: pb.CACHE_EVENT_TYPE_HIT,
+    EventType.MISS: pb.CACHE_EVENT_TYPE_MISS,
+    EventType.STORE: pb.CACHE_EVENT_TYPE_STORE,
+    EventType.INVALIDATE: pb.CACHE_EVENT_TYPE_INVALIDATE,
+    EventType.EVICT: pb.CACHE_EVENT_TYPE_EVICT,
+    EventType.EXPIRE: pb.CACHE_EVENT_TYPE_EXPIRE,
+    EventType.SESSION_END: pb.CACHE_EVENT_TYPE_SESSION_END,
+}
+EVENT_TYPES_BY_VALUE = {value: key for key, value in EVENT_TYPES.items()}
+
+
+class Inspector:
+    """Server-wide counters and the event bus; the registry's observer."""
+
+    def __init__(self, *, hash_sessions: bool = False) -> None:
+        self.hash_sessions = hash_sessions
+        self.counters = Counters()
+        self.events = EventBus()
+
+    # -- RegistryObserver ----------------------------------------------------
+
+    def entry_removed(self, key: ScopeKey, entry: Entry, reason: str) -> None:
+        evicted = reason == "evicted"
+        self.counters.add(**{"evictions" if evicted else "expirations": 1})
+        self.events.publish(
+            EventType.EVICT if evicted else EventType.EXPIRE,
+            key,
+            region=entry.region,
+            key=entry.key,
+            rows=entry.rows,
+        )
+
+    def session_ended(self, state: SessionState, reason: str, keys_dropped: int) -> None:
+        self.events.publish(EventType.SESSION_END, state.key, rows=keys_dropped)
+
+    # -- the servicer's records ------------------------------------------------
+
+    def hit(self, state: SessionState, region: str, key: str, rows: int, saved: int) -> None:
+        for counters in (state.counters, self.counters):
+            counters.add(hits=1, sql_statements_saved=saved)
+        self.events.publish(EventType.HIT, state.key, region=region, key=key, rows=rows)
+
+    def miss(self, state: SessionState, region: str, key: str, rows: int, sql: int) -> None:
+        for counters in (state.counters, self.counters):
+            counters.add(misses=1, stores=1, sql_statements=sql)
+        if self.events.active:
+            self.events.publish(EventType.MISS, state.key, region=region, key=key, rows=rows)
+            self.events.publish(EventType.STORE, state.key, region=region, key=key, rows=rows)
+
+    def bypass(self, state: SessionState, sql: int) -> None:
+        for counters in (state.counters, self.counters):
+            counters.add(sql_statements=sql)
+
+    def invalidated(
+        self, state: SessionState | None, session: ScopeKey, entries: list[Entry]
+    ) -> None:
+        if not entries:
+            return
+        targets = (self.counters,) if state is None else (state.counters, self.counters)
+        for counters in targets:
+            counters.add(invalidations=len(entries))
+        for entry in entries:
+            self.events.publish(
+                EventType.INVALIDATE, session, region=entry.region, key=entry.key, rows=entry.rows
+            )
+
+    def label(self, key: ScopeKey) -> str:
+        """How a session appears to inspection: its id, or a hash with auth on."""
+        return session_label(key[1], hashed=self.hash_sessions)
+
+
+def timestamp(seconds: float) -> Timestamp:
+    stamp = Timestamp()
+    stamp.FromNanoseconds(int(seconds * 1e9))
+    return stamp
+
+
+def entry_message(entry: Entry, *, live_objects: int = 0) -> pb.CacheEntry:
+    """The CacheEntry message for a store entry (reading it is not an access)."""
+    description = entry.description
+    message = pb.CacheEntry(
+        key=entry.key,
+        digest=entry.digest,
+        region=entry.region,
+        stored_at=timestamp(entry.stored_at),
+        last_access=timestamp(entry.last_access),
+        rows=description.rows,
+        statement=description.statement,
+        parameters={name: repr(value) for name, value in description.parameters.items()},
+        entity=description.entity,
+        hits=entry.hits,
+        size_bytes=description.size,
+        live_objects=live_objects,
+        sql_statements=getattr(entry.value.payload, "sql_statements", 0),
+    )
+    expires_in = entry.expires_in()
+    if expires_in is None:
+        message.no_expiry = True
+    else:
+        message.expires_in.FromNanoseconds(int(max(expires_in, 0.0) * 1e9))
+    return message
+
+
+def stats_message(
+    counters: Counters, *, entries: int, size_bytes: int, sessions: int = 0, ended: int = 0
+) -> pb.CacheStats:
+    return pb.CacheStats(
+        hits=counters.hits,
+        misses=counters.misses,
+        stores=counters.stores,
+        evictions=counters.evictions,
+        expirations=counters.expirations,
+        invalidations=counters.invalidations,
+        sql_statements=counters.sql_statements,
+        sql_statements_saved=counters.sql_statements_saved,
+        hit_ratio=counters.hit_ratio,
+        entries=entries,
+        size_bytes=size_bytes,
+        sessions=sessions,
+        sessions_ended=ended,
+        since=timestamp(counters.since),
+    )
+
+
+def session_message(
+    state: SessionState, store: SessionStore | None, inspector: Inspector
+) -> pb.SessionInfo:
+    counters = state.counters.snapshot()
+    return pb.SessionInfo(
+        id=inspector.label(state.key),
+        handle=state.handle,
+        peer=state.peer,
+        created=timestamp(state.created),
+        last_active=timestamp(state.last_active),
+        entries=len(store) if store is not None else 0,
+        size_bytes=store.bytes if store is not None else 0,
+        hits=counters.hits,
+        misses=counters.misses,
+        calls_in_flight=state.users,
+    )
+
+
+def event_message(event: Event, lost: int, inspector: Inspector) -> pb.CacheEvent:
+    return pb.CacheEvent(
+        type=EVENT_TYPES[event.type],
+        time=timestamp(event.time or time.time()),
+        session=inspector.label(event.session),
+        region=event.region,
+        key=event.key,
+        digest=_digest(event.key),
+        rows=event.rows,
+        lost=lost,
+    )
+
+
+def _digest(key: str) -> str:
+    return digest_of(key) if key else ""
+
+
+def server_totals(registry: SessionRegistry) -> tuple[int, int]:
+    """(entries, approximate bytes) across every live session."""
+    entries = size = 0
+    for state in registry.states():
+        store = registry.store_of(state)
+        if store is not None:
+            entries += len(store)
+            size += store.bytes
+    return entries, size

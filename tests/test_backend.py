@@ -1,0 +1,438 @@
+"""The session-local dogpile.cache backend and its store.
+
+Shows that :class:`sesscache.backend.SessionLocalBackend` passes the generic
+backend suite (:mod:`tests.backend_suite`, which the shared
+:class:`sesscache.backend.SharedMemoryBackend` and dogpile's own memory
+backends pass too, showing the suite is generic), that it is registered as
+``sesscache.session_local``, keeps one store per session scope and stores
+values unserialized; and that :class:`sesscache.backend.SessionStore` keeps
+least-recently-used order, evicts beyond ``max_entries`` / ``max_bytes`` and
+counts it, expires entries and counts them, pages in stored order at a cost
+independent of the position, and that ``peek`` (unlike ``get``) never counts
+as an access.
+"""
+
+from __future__ import annotations
+
+import pickle
+import time
+import timeit
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import pytest
+from dogpile.cache import make_region
+from dogpile.cache.api import NO_VALUE, CachedValue
+from dogpile.cache.region import CacheRegion
+from sqlalchemy.orm import Session, sessionmaker
+
+from sesscache.backend import (
+    BACKEND_NAME,
+    SHARED_BACKEND_NAME,
+    STORE_INFO_KEY,
+    Description,
+    Entry,
+    SessionLocalBackend,
+    SessionStore,
+    digest_of,
+    register_backend,
+    store_for,
+)
+from sesscache.registry import SessionRegistry
+
+# Assertions in the shared suite get pytest's detailed messages too.
+pytest.register_assert_rewrite("tests.backend_suite")
+
+from tests.backend_suite import BackendSuite, Payload, get_multi  # noqa: E402
+
+SCOPE = ("", "suite")
+
+
+@pytest.fixture
+def registry() -> Iterator[SessionRegistry]:
+    """A registry of unbound Sessions: the backend never needs a database."""
+    registry = SessionRegistry(sessionmaker())
+    yield registry
+    registry.close_all()
+
+
+def local_region(registry: SessionRegistry, **arguments: object) -> CacheRegion:
+    register_backend()
+    return make_region().configure(
+        BACKEND_NAME, arguments={"scoped_session": registry.current_session, **arguments}
+    )
+
+
+# -- the generic suite --------------------------------------------------------------
+
+
+class TestSessionLocalBackend(BackendSuite):
+    """The session-local backend, used inside one session scope."""
+
+    registry: SessionRegistry
+
+    @pytest.fixture(autouse=True)
+    def _in_scope(self, registry: SessionRegistry) -> Iterator[None]:
+        self.registry = registry
+        with registry.scope(SCOPE):
+            yield
+
+    def make_region(self) -> CacheRegion:
+        return local_region(self.registry)
+
+
+class TestSharedMemoryBackend(BackendSuite):
+    """sesscache's shared in-process backend: values pickled, so copies."""
+
+    def make_region(self) -> CacheRegion:
+        register_backend()
+        return make_region().configure(SHARED_BACKEND_NAME)
+
+
+class TestMemoryBackend(BackendSuite):
+    """dogpile's plain memory backend: values kept as they are."""
+
+    stores_unserialized = True
+
+    def make_region(self) -> CacheRegion:
+        return make_region().configure("dogpile.cache.memory")
+
+
+class TestMemoryPickleBackend(BackendSuite):
+    """dogpile's pickling memory backend: values come back as copies."""
+
+    def make_region(self) -> CacheRegion:
+        return make_region().configure("dogpile.cache.memory_pickle")
+
+
+# -- the session-local backend ---------------------------------------------------------
+
+
+def test_registered_under_its_name(registry: SessionRegistry) -> None:
+    register_backend()
+    register_backend()  # idempotent
+    region = make_region().configure(
+        "sesscache.session_local", arguments={"scoped_session": registry.current_session}
+    )
+    assert BACKEND_NAME == "sesscache.session_local"
+    assert type(region.backend) is SessionLocalBackend
+    assert region.backend.holds_session_objects is True
+    assert region.serializer is None
+    with registry.scope(SCOPE) as session:
+        region.set("k", "v")
+        store = store_for(session)
+        assert store is not None
+        entry = store.peek("k")
+        assert entry is not None
+        assert entry.region == "local_session"  # the default region name
+
+
+def test_region_name_is_recorded_on_entries(registry: SessionRegistry) -> None:
+    region = local_region(registry, region_name="mine")
+    with registry.scope(SCOPE) as session:
+        region.set("k", "v")
+        store = store_for(session)
+        assert store is not None
+        entry = store.peek("k")
+        assert entry is not None
+        assert entry.region == "mine"
+        assert entry.digest == digest_of("k")
+        assert len(entry.digest) == 12
+
+
+def test_refuses_a_serializer(registry: SessionRegistry) -> None:
+    register_backend()
+    region = make_region(serializer=pickle.dumps, deserializer=pickle.loads).configure(
+        BACKEND_NAME, arguments={"scoped_session": registry.current_session}
+    )
+    with registry.scope(SCOPE), pytest.raises(TypeError, match="unserialized"):
+        region.set("k", "v")
+    with registry.scope(SCOPE), pytest.raises(TypeError, match="unserialized"):
+        region.set_multi({"k": "v"})
+
+
+def test_each_scope_has_its_own_store(registry: SessionRegistry) -> None:
+    region = local_region(registry)
+    with registry.scope(("", "one")) as one:
+        region.set("k", Payload("one"))
+        store_one = region.backend.store()
+        assert store_one is store_for(one)
+    with registry.scope(("", "two")) as two:
+        assert two is not one
+        assert region.get("k") is NO_VALUE
+        region.set("k", Payload("two"))
+        store_two = region.backend.store()
+        assert store_two is store_for(two)
+    assert store_one is not store_two
+    with registry.scope(("", "one")) as again:
+        assert again is one
+        assert region.get("k") == Payload("one")
+    # A different principal with the same session id is a different scope.
+    with registry.scope(("someone", "one")):
+        assert region.get("k") is NO_VALUE
+    assert store_one is not None
+    assert store_two is not None
+    assert len(store_one) == len(store_two) == 1
+
+
+def test_removing_the_session_drops_its_store(registry: SessionRegistry) -> None:
+    region = local_region(registry)
+    with registry.scope(SCOPE) as session:
+        region.set("k", Payload("v"))
+        store = store_for(session)
+        registry.scoped.remove()
+    with registry.scope(SCOPE) as fresh:
+        assert fresh is not session
+        assert store_for(fresh) is not store
+        assert region.get("k") is NO_VALUE
+
+
+def test_store_made_on_first_use_for_any_session() -> None:
+    with Session() as session:
+        region = make_region().configure(
+            BACKEND_NAME, arguments={"scoped_session": lambda: session}
+        )
+        assert store_for(session, create=False) is None
+        region.set("k", 1)
+        store = session.info[STORE_INFO_KEY]
+        assert isinstance(store, SessionStore)
+        assert "k" in store
+        assert region.get("k") == 1
+
+
+def test_region_reads_count_hits_and_entries_describe_payloads(
+    registry: SessionRegistry,
+) -> None:
+    region = local_region(registry)
+    with registry.scope(SCOPE) as session:
+        region.set("k", Described(Description(rows=3, statement="SELECT 1", expiration_time=60)))
+        store = store_for(session)
+        assert store is not None
+        entry = store.peek("k")
+        assert entry is not None
+        assert (entry.rows, entry.description.statement, entry.hits) == (3, "SELECT 1", 0)
+        assert entry.expires_at == pytest.approx(entry.stored_at + 60)
+        region.get("k")
+        get_multi(region, ["k", "missing"])
+        assert entry.hits == 2
+
+
+# -- the store --------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Described:
+    """A payload describing itself, as :class:`sesscache.caching.CachedResult` does."""
+
+    description: Description
+
+    def describe(self) -> Description:
+        return self.description
+
+
+def value(payload: object = "x", *, ct: float | None = None) -> CachedValue:
+    return CachedValue(payload, {"ct": time.time() if ct is None else ct, "v": 1})
+
+
+def sized(size: int) -> CachedValue:
+    return value(Described(Description(size=size)))
+
+
+def expiring(expiration_time: float | None, *, ct: float) -> CachedValue:
+    return value(Described(Description(expiration_time=expiration_time)), ct=ct)
+
+
+def keys(entries: list[Entry]) -> list[str]:
+    return [entry.key for entry in entries]
+
+
+def seq_of(store: SessionStore, key: str) -> int:
+    entry = store.peek(key)
+    assert entry is not None
+    return entry.seq
+
+
+class Removals:
+    """Records the store's removal notifications."""
+
+    def __init__(self) -> None:
+        self.seen: list[tuple[str, str]] = []
+
+    def __call__(self, entry: Entry, reason: str) -> None:
+        self.seen.append((entry.key, reason))
+
+
+def test_get_refreshes_recency_for_eviction() -> None:
+    removals = Removals()
+    store = SessionStore(max_entries=3, on_removal=removals)
+    for key in "abc":
+        store.put(key, value(key), "r")
+    assert store.get("a") is not None  # a is now the most recently used
+    store.put("d", value("d"), "r")
+    assert sorted(e.key for e in store) == ["a", "c", "d"]
+    assert removals.seen == [("b", "evicted")]
+    assert store.evictions == 1
+    store.put("e", value("e"), "r")  # c is now the least recently used
+    assert "c" not in store
+    assert removals.seen == [("b", "evicted"), ("c", "evicted")]
+    assert store.evictions == 2
+
+
+def test_storing_a_key_again_refreshes_it() -> None:
+    store = SessionStore(max_entries=3)
+    for key in "abc":
+        store.put(key, value(key), "r")
+    store.put("a", value("a2"), "r")
+    store.put("d", value("d"), "r")
+    assert "b" not in store
+    assert "a" in store
+    entry = store.peek("a")
+    assert entry is not None
+    assert entry.value.payload == "a2"
+    assert len(store) == 3
+
+
+def test_max_entries_evicts_oldest_and_counts() -> None:
+    store = SessionStore(max_entries=2)
+    for i in range(5):
+        store.put(f"k{i}", value(i), "r")
+    assert len(store) == 2
+    assert keys(list(store)) == ["k3", "k4"]
+    assert store.evictions == 3
+    assert store.expirations == 0
+
+
+def test_max_bytes_evicts_and_counts() -> None:
+    removals = Removals()
+    store = SessionStore(max_bytes=100, on_removal=removals)
+    store.put("a", sized(40), "r")
+    store.put("b", sized(40), "r")
+    assert (store.bytes, store.evictions) == (80, 0)
+    store.put("c", sized(40), "r")
+    assert keys(list(store)) == ["b", "c"]
+    assert (store.bytes, store.evictions) == (80, 1)
+    store.put("d", sized(90), "r")  # both older entries must go
+    assert keys(list(store)) == ["d"]
+    assert (store.bytes, store.evictions) == (90, 3)
+    # An entry larger than the whole budget is still kept, alone.
+    store.put("huge", sized(150), "r")
+    assert keys(list(store)) == ["huge"]
+    assert (store.bytes, store.evictions) == (150, 4)
+    assert removals.seen == [(k, "evicted") for k in ("a", "b", "c", "d")]
+
+
+def test_bytes_follow_replacement_delete_and_clear() -> None:
+    store = SessionStore()
+    store.put("a", sized(10), "r")
+    store.put("a", sized(25), "r")
+    store.put("b", sized(5), "r")
+    assert store.bytes == 30
+    deleted = store.delete("a")
+    assert deleted is not None
+    assert deleted.size == 25
+    assert store.bytes == 5
+    assert store.delete("a") is None
+    assert keys(store.clear()) == ["b"]
+    assert (store.bytes, len(store), store.evictions) == (0, 0, 0)
+
+
+def test_expire_drops_expired_entries_and_counts_them() -> None:
+    removals = Removals()
+    store = SessionStore(on_removal=removals)
+    store.put("ten", expiring(10, ct=1000.0), "r")
+    store.put("twenty", expiring(20, ct=1000.0), "r")
+    store.put("never", expiring(None, ct=1000.0), "r")
+    store.put("never-either", expiring(-1, ct=1000.0), "r")
+    store.put("plain", value("no description", ct=1000.0), "r")
+    ten = store.peek("ten")
+    assert ten is not None
+    assert ten.expires_at == 1010.0
+    assert ten.expires_in(now=1004.0) == 6.0
+    assert ten.expires_in(now=1015.0) == -5.0
+    never = store.peek("never")
+    assert never is not None
+    assert never.expires_in() is None
+
+    assert store.expire(now=1009.0) == []
+    assert keys(store.expire(now=1010.0)) == ["ten"]
+    assert store.expirations == 1
+    assert "ten" not in store
+    # Without ``now`` the clock is the real one, long past 1020.
+    assert keys(store.expire()) == ["twenty"]
+    assert store.expirations == 2
+    assert sorted(e.key for e in store) == ["never", "never-either", "plain"]
+    assert removals.seen == [("ten", "expired"), ("twenty", "expired")]
+    assert store.evictions == 0
+
+
+def test_page_walks_entries_in_stored_order() -> None:
+    store = SessionStore()
+    for i in range(10):
+        store.put(f"k{i}", value(i), "r")
+    store.delete("k3")
+    store.put("k1", value("again"), "r")  # stored again: moves to the end
+    first = store.page(limit=4)
+    assert keys(first) == ["k0", "k2", "k4", "k5"]
+    assert keys(store.page(after_seq=first[-1].seq, limit=4)) == ["k6", "k7", "k8", "k9"]
+    assert keys(store.page(after_seq=seq_of(store, "k9"), limit=4)) == ["k1"]
+    assert store.page(after_seq=seq_of(store, "k1"), limit=4) == []
+    assert store.page(limit=0) == []
+
+    walked: list[str] = []
+    after = 0
+    while page := store.page(after_seq=after, limit=3):
+        assert [e.seq for e in page] == sorted(e.seq for e in page)
+        walked += keys(page)
+        after = page[-1].seq
+    assert walked == keys(list(store))
+    assert walked == ["k0", "k2", "k4", "k5", "k6", "k7", "k8", "k9", "k1"]
+    # Paging is inspection: no hits are counted.
+    assert all(entry.hits == 0 for entry in store)
+
+
+def test_page_cost_does_not_depend_on_position() -> None:
+    size = 50_000
+    store = SessionStore()
+    stored = time.time()
+    for i in range(size):
+        store.put(f"key-{i}", value(i, ct=stored), "r")
+
+    def best(statement: str, number: int) -> float:
+        timer = timeit.Timer(statement, globals={"store": store, "size": size})
+        return min(timer.repeat(repeat=7, number=number)) / number
+
+    start = best("store.page(after_seq=0, limit=10)", 200)
+    middle = best("store.page(after_seq=size // 2, limit=10)", 200)
+    end = best("store.page(after_seq=size - 11, limit=10)", 200)
+    scan = best("list(store)", 3)
+    assert keys(store.page(after_seq=size - 11, limit=10)) == [
+        f"key-{i}" for i in range(size - 11, size - 1)
+    ]
+    # A page deep into the store costs about what the first page costs, and
+    # far less than walking the store (which a linear search would).
+    assert middle < 5 * start
+    assert end < 5 * start
+    assert max(start, middle, end) < scan / 20
+
+
+def test_peek_never_counts_an_access_but_get_does() -> None:
+    store = SessionStore(max_entries=2)
+    store.put("a", value("a", ct=100.0), "r")
+    store.put("b", value("b", ct=100.0), "r")
+    peeked = store.peek("a")
+    assert peeked is not None
+    assert (peeked.hits, peeked.last_access) == (0, 100.0)
+    store.put("c", value("c"), "r")  # peek did not refresh a: it is evicted
+    assert "a" not in store
+    assert store.peek("missing") is None
+
+    got = store.get("b")
+    assert got is not None
+    assert got.hits == 1
+    assert got.last_access > 100.0
+    store.put("d", value("d"), "r")  # get refreshed b: c goes instead
+    assert sorted(e.key for e in store) == ["b", "d"]
+    assert store.get("missing") is None
+    b = store.peek("b")
+    assert b is not None
+    assert b.hits == 1
