@@ -32,6 +32,7 @@ from sqlalchemy.orm import sessionmaker
 from server import auth, config
 from server.inspection import Inspector
 from server.interceptors import AccessLogInterceptor, ErrorInterceptor
+from server.metrics import Metrics
 from server.paging import PageTokens
 from server.service import PersonService
 from server.servicer import SessionCacheServicer
@@ -91,6 +92,7 @@ class Running:
     executor: ThreadPoolExecutor
     engine: Engine
     inspector: Inspector
+    metrics: Metrics | None = None
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
 
     async def stop(self, grace: float) -> None:
@@ -103,6 +105,8 @@ class Running:
         self.executor.shutdown(wait=True, cancel_futures=True)
         self.registry.close_all()
         self.engine.dispose()
+        if self.metrics is not None:
+            self.metrics.close()
 
 
 async def start(settings: config.Settings, engine: Engine) -> Running:
@@ -134,8 +138,12 @@ async def start(settings: config.Settings, engine: Engine) -> Running:
         inspector=inspector,
     )
 
+    metrics = Metrics(inspector, registry) if settings.metrics_listen else None
     interceptors: list[grpc.aio.ServerInterceptor] = [  # type: ignore[type-arg]
-        AccessLogInterceptor(hash_sessions=bool(tokens_by_digest))
+        AccessLogInterceptor(
+            hash_sessions=bool(tokens_by_digest),
+            observe=metrics.observe if metrics is not None else None,
+        )
     ]
     if tokens_by_digest:
         interceptors.append(auth.AuthInterceptor(tokens_by_digest, protected=[SERVICE_NAME]))
@@ -163,9 +171,18 @@ async def start(settings: config.Settings, engine: Engine) -> Running:
         executor.shutdown()
         raise OSError(f"cannot listen on {settings.listen}: {error}") from None
     await server.start()
+    if metrics is not None:
+        try:
+            metrics_port = metrics.serve(settings.metrics_listen)
+        except OSError as error:
+            await server.stop(0)
+            executor.shutdown()
+            raise OSError(f"cannot serve metrics on {settings.metrics_listen}: {error}") from None
+        host = settings.metrics_listen.rpartition(":")[0] or "127.0.0.1"
+        log.info("metrics on http://%s:%d/metrics", host, metrics_port)
     for name in ("", SERVICE_NAME):
         await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
-    running = Running(server, port, health_servicer, registry, executor, engine, inspector)
+    running = Running(server, port, health_servicer, registry, executor, engine, inspector, metrics)
     running.tasks.append(asyncio.create_task(_upkeep(registry, list(regions.values()))))
     return running
 

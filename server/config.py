@@ -98,6 +98,9 @@ class Settings:
     tls_client_ca: str = _opt(
         "PEM CA bundle; when set, clients must present a certificate it signed", default=""
     )
+    metrics_listen: str = _opt(
+        "serve Prometheus metrics at http://HOST:PORT/metrics (empty: off)", default=""
+    )
     page_token_secret: str = _opt(
         "secret signing page tokens; set the same on replicas behind one proxy "
         "(default: random per process)",

@@ -21,7 +21,7 @@ from server.interceptors import session_label
 from sesscache.backend import Entry, SessionStore, digest_of
 from sesscache.events import Event, EventBus, EventType
 from sesscache.registry import ScopeKey, SessionRegistry, SessionState
-from sesscache.stats import Counters
+from sesscache.stats import Counters, Snapshot
 from sesscache.v1 import sesscache_pb2 as pb
 
 EVENT_TYPES = {
@@ -129,7 +129,7 @@ def entry_message(entry: Entry, *, live_objects: int = 0) -> pb.CacheEntry:
 
 
 def stats_message(
-    counters: Counters, *, entries: int, size_bytes: int, sessions: int = 0, ended: int = 0
+    counters: Snapshot, *, entries: int, size_bytes: int, sessions: int = 0, ended: int = 0
 ) -> pb.CacheStats:
     return pb.CacheStats(
         hits=counters.hits,

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any, cast
 import grpc
 from grpc.aio import AbortError
 
-from server.errors import to_status
+from server.errors import InvalidArgument, to_status
 
 log = logging.getLogger("sesscache.access")
 
@@ -36,6 +36,10 @@ async def abort(context: Context, error: BaseException) -> None:
     """End the call with the status for ``error`` (raises ``AbortError``)."""
     # grpc-stubs lags grpc.aio here: abort_with_status exists since grpcio 1.38.
     await context.abort_with_status(to_status(error))  # type: ignore[attr-defined]
+
+
+#: Told (method, status, cache status, seconds) at the end of each call.
+Observer = Callable[[str, str, str, float], None]
 
 
 @dataclass(slots=True)
@@ -64,29 +68,56 @@ def current_call() -> CallRecord | None:
     return _current.get()
 
 
+_KEEP: Any = object()
+
+
 def wrap_handler(
     handler: Handler,
     unary: Callable[[UnaryBehavior], UnaryBehavior],
     stream: Callable[[StreamBehavior], StreamBehavior],
+    *,
+    request_deserializer: Any = _KEEP,
 ) -> Handler:
-    """``handler`` with its unary or server-streaming behaviour transformed."""
+    """``handler`` with its unary or server-streaming behaviour transformed.
+
+    ``request_deserializer``: replaces the handler's (None: the behaviour
+    gets the request's raw bytes).
+    """
+    if request_deserializer is _KEEP:
+        request_deserializer = handler.request_deserializer
     if handler.unary_unary is not None:
         return grpc.unary_unary_rpc_method_handler(
             unary(cast("UnaryBehavior", handler.unary_unary)),
-            request_deserializer=handler.request_deserializer,
+            request_deserializer=request_deserializer,
             response_serializer=handler.response_serializer,
         )
     if handler.unary_stream is not None:
         return grpc.unary_stream_rpc_method_handler(
             stream(cast("StreamBehavior", handler.unary_stream)),
-            request_deserializer=handler.request_deserializer,
+            request_deserializer=request_deserializer,
             response_serializer=handler.response_serializer,
         )
     return handler
 
 
+def _decode(deserialize: Callable[[bytes], Any] | None, raw: Any) -> Any:
+    """The request from its bytes; INVALID_ARGUMENT when they do not parse."""
+    if deserialize is None:
+        return raw
+    try:
+        return deserialize(raw)
+    except Exception:
+        raise InvalidArgument.field(
+            "request", "is not a valid protobuf message of this method's request type"
+        ) from None
+
+
 class ErrorInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
-    """Turns exceptions raised by handlers into rich statuses."""
+    """Turns exceptions raised by handlers into rich statuses.
+
+    It also parses requests itself, so bytes that are not a valid message are
+    INVALID_ARGUMENT (grpc's own deserialization failure would be UNKNOWN).
+    """
 
     async def intercept_service(
         self,
@@ -96,13 +127,19 @@ class ErrorInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
         handler = await continuation(handler_call_details)
         if handler is None:
             return handler
-        return wrap_handler(handler, self._unary, self._stream)
+        deserialize = handler.request_deserializer
+        return wrap_handler(
+            handler,
+            lambda behavior: self._unary(behavior, deserialize),
+            lambda behavior: self._stream(behavior, deserialize),
+            request_deserializer=None,
+        )
 
     @staticmethod
-    def _unary(behavior: UnaryBehavior) -> UnaryBehavior:
-        async def unary(request: Any, context: Context) -> Any:
+    def _unary(behavior: UnaryBehavior, deserialize: Any) -> UnaryBehavior:
+        async def unary(raw: Any, context: Context) -> Any:
             try:
-                return await behavior(request, context)
+                return await behavior(_decode(deserialize, raw), context)
             except AbortError:
                 raise
             except Exception as error:
@@ -111,10 +148,10 @@ class ErrorInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
         return unary
 
     @staticmethod
-    def _stream(behavior: StreamBehavior) -> StreamBehavior:
-        async def stream(request: Any, context: Context) -> AsyncIterator[Any]:
+    def _stream(behavior: StreamBehavior, deserialize: Any) -> StreamBehavior:
+        async def stream(raw: Any, context: Context) -> AsyncIterator[Any]:
             try:
-                async for response in behavior(request, context):
+                async for response in behavior(_decode(deserialize, raw), context):
                     yield response
             except AbortError:
                 raise
@@ -131,8 +168,9 @@ class AccessLogInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg
     (with authentication on, a session id is a capability worth not leaking).
     """
 
-    def __init__(self, *, hash_sessions: bool = False) -> None:
+    def __init__(self, *, hash_sessions: bool = False, observe: Observer | None = None) -> None:
         self.hash_sessions = hash_sessions
+        self.observe = observe
 
     async def intercept_service(
         self,
@@ -145,12 +183,14 @@ class AccessLogInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg
         method = handler_call_details.method.rsplit("/", 1)[-1]
         return wrap_handler(
             handler,
-            lambda behavior: self._unary(method, behavior, self.hash_sessions),
-            lambda behavior: self._stream(method, behavior, self.hash_sessions),
+            lambda behavior: self._unary(method, behavior, self.hash_sessions, self.observe),
+            lambda behavior: self._stream(method, behavior, self.hash_sessions, self.observe),
         )
 
     @staticmethod
-    def _unary(method: str, behavior: UnaryBehavior, hashed: bool) -> UnaryBehavior:
+    def _unary(
+        method: str, behavior: UnaryBehavior, hashed: bool, observe: Observer | None
+    ) -> UnaryBehavior:
         async def unary(request: Any, context: Context) -> Any:
             record = CallRecord(method)
             token = _current.set(record)
@@ -159,12 +199,14 @@ class AccessLogInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg
                 return await behavior(request, context)
             finally:
                 _current.reset(token)
-                _log(record, context, started, hashed)
+                _log(record, context, started, hashed, observe)
 
         return unary
 
     @staticmethod
-    def _stream(method: str, behavior: StreamBehavior, hashed: bool) -> StreamBehavior:
+    def _stream(
+        method: str, behavior: StreamBehavior, hashed: bool, observe: Observer | None
+    ) -> StreamBehavior:
         async def stream(request: Any, context: Context) -> AsyncIterator[Any]:
             record = CallRecord(method)
             token = _current.set(record)
@@ -174,21 +216,29 @@ class AccessLogInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg
                     yield response
             finally:
                 _current.reset(token)
-                _log(record, context, started, hashed)
+                _log(record, context, started, hashed, observe)
 
         return stream
 
 
-def _log(record: CallRecord, context: Context, started: float, hashed: bool) -> None:
-    if not log.isEnabledFor(logging.INFO):
+def _log(
+    record: CallRecord, context: Context, started: float, hashed: bool, observe: Observer | None
+) -> None:
+    elapsed = time.perf_counter() - started
+    logging_on = log.isEnabledFor(logging.INFO)
+    if not logging_on and observe is None:
         return
     code = context.code()
     status = "OK" if code is None else getattr(code, "name", str(code))
+    if observe is not None:
+        observe(record.method, status, record.cache_status, elapsed)
+    if not logging_on:
+        return
     log.info(
         "%s session=%s status=%s cache=%s duration_ms=%.2f",
         record.method,
         session_label(record.session, hashed=hashed) if record.session != "-" else "-",
         status,
         record.cache_status,
-        (time.perf_counter() - started) * 1000,
+        elapsed * 1000,
     )

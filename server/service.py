@@ -150,11 +150,16 @@ class PersonService:
         entry = store.peek(key) if store is not None else None
         if entry is None or not isinstance(entry.value.payload, CachedResult):
             return None
-        template = pb.QueryPersonsResponse()
-        template.CopyFrom(response)
-        template.sql_statements = 0
-        entry.value.payload.renderings[RESPONSE_RENDERING] = template
-        return entry.value.payload
+        payload = entry.value.payload
+        if RESPONSE_RENDERING not in payload.renderings:
+            # Stored by this call: what a hit saves is everything the call
+            # emitted, lazy loads of the rendering included.
+            payload.sql_statements = response.sql_statements
+            template = pb.QueryPersonsResponse()
+            template.CopyFrom(response)
+            template.sql_statements = 0
+            payload.renderings[RESPONSE_RENDERING] = template
+        return payload
 
     def _undo(self, session: Session, tracker: tracking.CallTracker) -> None:
         """Roll back, and remove entries the failed call stored in the session cache."""

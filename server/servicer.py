@@ -322,6 +322,9 @@ class SessionCacheServicer(pb_grpc.SessionCacheServicer):
             session=session, types=types, capacity=self.watch_buffer
         )
         try:
+            # Response headers now, not with the first event: once a client has
+            # them, its subscription is in place and it misses nothing after.
+            await context.send_initial_metadata(())
             while (item := await subscription.next()) is not None:
                 event, lost = item
                 yield event_message(event, lost, self.inspector)

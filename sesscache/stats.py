@@ -5,15 +5,20 @@
 statements emitted and the SQL statements hits saved. Increments may come
 from the event loop and from worker threads, so they take a lock (cheap when
 uncontended).
+
+Resetting never loses the running totals: :meth:`Counters.reset` moves a
+baseline, :meth:`Counters.snapshot` reports counts since it, and
+:meth:`Counters.totals` reports counts since the start (what a Prometheus
+counter must show: it never goes down).
 """
 
 from __future__ import annotations
 
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
-_FIELDS = (
+FIELDS = (
     "hits",
     "misses",
     "stores",
@@ -25,9 +30,9 @@ _FIELDS = (
 )
 
 
-@dataclass(slots=True)
-class Counters:
-    """Counts since :attr:`since` (when made or last reset)."""
+@dataclass(frozen=True, slots=True)
+class Snapshot:
+    """Counts at one instant, since :attr:`since`."""
 
     hits: int = 0
     misses: int = 0
@@ -37,13 +42,29 @@ class Counters:
     invalidations: int = 0
     sql_statements: int = 0
     sql_statements_saved: int = 0
-    since: float = field(default_factory=time.time)
-    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
+    since: float = 0.0
 
     @property
     def hit_ratio(self) -> float:
         lookups = self.hits + self.misses
         return self.hits / lookups if lookups else 0.0
+
+
+@dataclass(slots=True)
+class Counters:
+    """Running counts; see :meth:`snapshot`, :meth:`totals`, :meth:`reset`."""
+
+    hits: int = 0
+    misses: int = 0
+    stores: int = 0
+    evictions: int = 0
+    expirations: int = 0
+    invalidations: int = 0
+    sql_statements: int = 0
+    sql_statements_saved: int = 0
+    started: float = field(default_factory=time.time)
+    _baseline: Snapshot | None = field(default=None, repr=False)
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
 
     def add(self, **counts: int) -> None:
         """Add to the named counters, e.g. ``add(hits=1, sql_statements_saved=4)``."""
@@ -51,16 +72,31 @@ class Counters:
             for name, value in counts.items():
                 setattr(self, name, getattr(self, name) + value)
 
-    def snapshot(self) -> Counters:
-        """A copy, consistent at one instant."""
+    def totals(self) -> Snapshot:
+        """Counts since the start."""
         with self._lock:
-            return Counters(**{name: getattr(self, name) for name in _FIELDS}, since=self.since)
+            return self._totals()
 
-    def reset(self) -> Counters:
-        """Zero the counters; return them as they were."""
+    def snapshot(self) -> Snapshot:
+        """Counts since the last :meth:`reset` (or the start)."""
         with self._lock:
-            before = Counters(**{name: getattr(self, name) for name in _FIELDS}, since=self.since)
-            for name in _FIELDS:
-                setattr(self, name, 0)
-            self.since = time.time()
+            return self._since_baseline()
+
+    def reset(self) -> Snapshot:
+        """Start counting afresh; return the counts as they were."""
+        with self._lock:
+            before = self._since_baseline()
+            self._baseline = replace(self._totals(), since=time.time())
         return before
+
+    def _totals(self) -> Snapshot:
+        return Snapshot(**{name: getattr(self, name) for name in FIELDS}, since=self.started)
+
+    def _since_baseline(self) -> Snapshot:
+        base = self._baseline
+        if base is None:
+            return self._totals()
+        return Snapshot(
+            **{name: getattr(self, name) - getattr(base, name) for name in FIELDS},
+            since=base.since,
+        )

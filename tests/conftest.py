@@ -23,6 +23,8 @@ import pytest
 from client import Client
 from server.config import Settings
 from tests.support.postgres import PostgresServer, start_or_skip
+from tests.support.redis import RedisServer
+from tests.support.redis import start_or_skip as start_redis_or_skip
 from tests.support.servers import ServerThread
 
 BACKENDS = ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)]
@@ -117,3 +119,13 @@ def client(server: ServerThread) -> Iterator[Client]:
 def session_id() -> str:
     """A session id no other test uses."""
     return f"test-{uuid.uuid4().hex[:16]}"
+
+
+@pytest.fixture(scope="session")
+def redis_server() -> Iterator[RedisServer]:
+    """A throwaway Redis server for the whole run."""
+    server = start_redis_or_skip()
+    try:
+        yield server
+    finally:
+        server.cleanup()

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import functools
 import os
 import re
 import signal
@@ -29,13 +30,24 @@ T = TypeVar("T")
 ROOT = Path(__file__).resolve().parents[2]
 
 
+@functools.cache
+def _shared_loop() -> asyncio.AbstractEventLoop:
+    """One event loop thread for every in-process server of the test run.
+
+    grpc.aio keeps process-wide state tied to the loop it first ran on, so
+    servers share one loop rather than each closing a loop of its own.
+    """
+    loop = asyncio.new_event_loop()
+    threading.Thread(target=loop.run_forever, name="test-servers", daemon=True).start()
+    return loop
+
+
 class ServerThread:
-    """The server in a background thread, on its own event loop."""
+    """The server on the test run's shared event-loop thread."""
 
     def __init__(self, settings: config.Settings) -> None:
         self.settings = dataclasses.replace(settings, listen="127.0.0.1:0")
-        self._loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
+        self._loop = _shared_loop()
         self.running: app.Running | None = None
 
     @property
@@ -45,7 +57,6 @@ class ServerThread:
 
     def start(self) -> Self:
         engine = app.prepare(self.settings)
-        self._thread.start()
         self.running = self.run(app.start(self.settings, engine))
         return self
 
@@ -57,11 +68,6 @@ class ServerThread:
         if self.running is not None:
             self.run(self.running.stop(grace))
             self.running = None
-        if self._thread.is_alive():
-            self._loop.call_soon_threadsafe(self._loop.stop)
-            self._thread.join(10)
-        if not self._loop.is_closed():
-            self._loop.close()
 
     def __enter__(self) -> Self:
         return self.start()

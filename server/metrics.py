@@ -1,0 +1,106 @@
+"""Prometheus metrics on an HTTP port (``--metrics-listen HOST:PORT``).
+
+The cache counters, session and entry gauges are read from the
+:class:`~server.inspection.Inspector` and the registry when Prometheus
+scrapes (a custom collector), so they cost the cache nothing per call. The
+only per-call work is one histogram observation of the RPC's latency, by
+method, status and cache status, done by the access-log interceptor.
+
+Counters are totals since the server started: ``ResetStats`` does not move
+them (Prometheus counters never go down).
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Histogram, start_http_server
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+from server.inspection import Inspector, server_totals
+from sesscache.registry import SessionRegistry
+
+_COUNTERS = {
+    "hits": "Session cache hits",
+    "misses": "Session cache misses",
+    "stores": "Entries stored in session caches",
+    "evictions": "Entries evicted by per-session limits",
+    "expirations": "Entries dropped after expiring",
+    "invalidations": "Entries removed by Invalidate",
+    "sql_statements": "SQL statements emitted by calls",
+    "sql_statements_saved": "SQL statements saved by hits",
+}
+
+
+class CacheCollector(Collector):
+    """Reads the counters and gauges at scrape time."""
+
+    def __init__(self, inspector: Inspector, registry: SessionRegistry) -> None:
+        self.inspector = inspector
+        self.registry = registry
+
+    def collect(self) -> Iterator[Any]:
+        totals = self.inspector.counters.totals()
+        for name, documentation in _COUNTERS.items():
+            family = CounterMetricFamily(f"sesscache_cache_{name}", documentation)
+            family.add_metric([], getattr(totals, name))
+            yield family
+        ended = CounterMetricFamily("sesscache_sessions_ended", "Sessions ended, for any reason")
+        ended.add_metric([], self.registry.sessions_ended)
+        yield ended
+        entries, size = server_totals(self.registry)
+        for name, documentation, value in (
+            ("sesscache_sessions", "Live sessions", len(self.registry)),
+            ("sesscache_cache_entries", "Entries in session caches", entries),
+            ("sesscache_cache_bytes", "Approximate bytes in session caches", size),
+        ):
+            gauge = GaugeMetricFamily(name, documentation)
+            gauge.add_metric([], value)
+            yield gauge
+
+
+class Metrics:
+    """The metrics registry, its HTTP endpoint, and the latency histogram."""
+
+    def __init__(self, inspector: Inspector, registry: SessionRegistry) -> None:
+        self.registry = CollectorRegistry()
+        self.registry.register(CacheCollector(inspector, registry))
+        self.latency = Histogram(
+            "sesscache_rpc_duration_seconds",
+            "RPC latency by method, status and cache status",
+            ["method", "status", "cache"],
+            registry=self.registry,
+            buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
+        )
+        self._children: dict[tuple[str, str, str], Any] = {}
+        self.port = 0
+        self._server: Any = None
+        self._thread: threading.Thread | None = None
+
+    def observe(self, method: str, status: str, cache: str, seconds: float) -> None:
+        key = (method, status, cache)
+        child = self._children.get(key)
+        if child is None:
+            child = self._children[key] = self.latency.labels(method, status, cache)
+        child.observe(seconds)
+
+    def serve(self, listen: str) -> int:
+        """Serve ``/metrics`` on ``listen`` (HOST:PORT; port 0 picks one); return the port."""
+        host, _, port = listen.rpartition(":")
+        self._server, self._thread = start_http_server(
+            int(port), addr=host or "127.0.0.1", registry=self.registry
+        )
+        self.port = int(self._server.server_port)
+        return self.port
+
+    def close(self) -> None:
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+            self._server = None
+        if self._thread is not None:
+            self._thread.join(5)
+            self._thread = None
