@@ -47,5 +47,15 @@ pytest: setup
 
 test: lint typecheck pytest
 
+# Benchmarks and soaks: long runs with their own targets (`make test` runs short versions).
+bench: setup
+	$(PY) -m bench $(ARGS)
+
+soak: setup
+	$(PY) -m soak $(ARGS)
+
+scale-demo: setup
+	$(PY) -m scale $(ARGS)
+
 clean:
 	rm -rf $(VENV) $(GEN) .mypy_cache .ruff_cache .pytest_cache .hypothesis

@@ -42,7 +42,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any, Protocol, runtime_checkable
 
 from dogpile.cache import register_backend as _dogpile_register_backend
-from dogpile.cache.api import NO_VALUE, CacheBackend, CachedValue, NoValue
+from dogpile.cache.api import NO_VALUE, CacheBackend, CachedValue, CacheMutex, NoValue
 from sortedcontainers import SortedDict
 from sqlalchemy.orm import Session
 
@@ -277,6 +277,22 @@ class SessionStore:
             self.on_removal(entry, reason)
 
 
+class _NoLock(CacheMutex):
+    """A mutex that is always free: see :meth:`SessionLocalBackend.get_mutex`."""
+
+    def acquire(self, wait: bool = True) -> bool:
+        return True
+
+    def release(self) -> None:
+        return None
+
+    def locked(self) -> bool:
+        return False
+
+
+_NO_LOCK = _NoLock()
+
+
 def store_for(session: Session, *, create: bool = True) -> SessionStore | None:
     """The :class:`SessionStore` kept in ``session.info`` (made on first use)."""
     store = session.info.get(STORE_INFO_KEY)
@@ -304,6 +320,12 @@ class SessionLocalBackend(CacheBackend):
 
     #: Values read from this backend are already objects of the current session.
     holds_session_objects = True
+
+    def get_mutex(self, key: str) -> CacheMutex:
+        """No cross-session lock: each session has its own store, and a session
+        is used by one call at a time, so two sessions missing the same key
+        never wait for each other (dogpile's default lock is per region)."""
+        return _NO_LOCK
 
     def __init__(self, arguments: Mapping[str, Any]) -> None:
         self.scoped_session: Callable[[], Session] = arguments["scoped_session"]

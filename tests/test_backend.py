@@ -391,7 +391,7 @@ def test_page_walks_entries_in_stored_order() -> None:
 
 
 def test_page_cost_does_not_depend_on_position() -> None:
-    size = 50_000
+    size = 20_000
     store = SessionStore()
     stored = time.time()
     for i in range(size):

@@ -125,6 +125,10 @@ def names(found: Sequence[Person]) -> list[str]:
     return [p.name for p in found]
 
 
+def objects_of(row: Any) -> Sequence[Any]:
+    return tuple(row) if isinstance(row, Sequence) else (row,)
+
+
 MISS = (LOCAL_REGION, tracking.Outcome.MISS)
 HIT = (LOCAL_REGION, tracking.Outcome.HIT)
 
@@ -157,12 +161,8 @@ def test_hit_is_the_session_object_and_emits_no_sql(stack: Stack) -> None:
         payload = entry.value.payload
         assert isinstance(payload, CachedResult)
         assert entry.rows == 3
-        cached_objects = {id(obj) for row in payload.frozen.data for obj in _objects(row)}
+        cached_objects = {id(obj) for row in payload.frozen.data for obj in objects_of(row)}
         assert {id(p) for p in first} <= cached_objects
-
-
-def _objects(row: Any) -> Sequence[Any]:
-    return tuple(row) if isinstance(row, Sequence) else (row,)
 
 
 def test_uncached_statement_always_emits_sql(stack: Stack) -> None:

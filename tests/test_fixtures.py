@@ -6,7 +6,8 @@ nothing; raising the count adds only the new persons, lowering it removes
 nothing), has the expected shape (5 cities in 2 countries, ``person 01`` ..
 ``person 50`` with one address each), and that ``prepare_database`` run by
 several threads, and by several processes, on one fresh database at once
-neither crashes nor duplicates anything.
+neither crashes nor duplicates anything. (Several processes are tried on
+PostgreSQL; SQLite's file lock is per open file, so threads already show it.)
 """
 
 from __future__ import annotations
@@ -200,6 +201,8 @@ STARTER = """
 import sys
 from sesscache.db import make_engine, prepare_database
 engine = make_engine(sys.argv[1])
+print("ready", flush=True)
+sys.stdin.readline()  # start together
 try:
     print(prepare_database(engine))
 finally:
@@ -207,25 +210,49 @@ finally:
 """
 
 
+@pytest.fixture
+def postgres_database(postgres: PostgresServer) -> Iterator[str]:
+    """A fresh PostgreSQL database, whatever ``backend`` the module runs with."""
+    name = f"t_{uuid.uuid4().hex[:12]}"
+    url = postgres.create_database(name)
+    yield url
+    postgres.drop_database(name)
+
+
+@pytest.mark.postgres
 def test_prepare_from_many_processes_at_once(
-    fresh_database_url: str, engines: Callable[[str], Engine]
+    postgres_database: str, engines: Callable[[str], Engine]
 ) -> None:
     starters = [
         subprocess.Popen(
-            [sys.executable, "-c", STARTER, fresh_database_url],
+            [sys.executable, "-c", STARTER, postgres_database],
             cwd=ROOT,
+            stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
         )
-        for _ in range(4)
+        for _ in range(3)
     ]
     added: list[int] = []
-    for starter in starters:
-        out, err = starter.communicate(timeout=60)
-        assert starter.returncode == 0, err
-        added.append(int(out))
-    assert sorted(added) == [0, 0, 0, DEFAULT_ROWS]
-    check = engines(fresh_database_url)
+    try:
+        for starter in starters:  # every process imported and configured...
+            assert starter.stdout is not None
+            assert starter.stdout.readline() == "ready\n"
+        for starter in starters:  # ...before any of them starts preparing
+            assert starter.stdin is not None
+            starter.stdin.write("go\n")
+            starter.stdin.flush()
+        for starter in starters:
+            out, err = starter.communicate(timeout=60)
+            assert starter.returncode == 0, err
+            added.append(int(out))
+    finally:
+        for starter in starters:
+            if starter.poll() is None:
+                starter.kill()
+                starter.communicate()
+    assert sorted(added) == [0, 0, DEFAULT_ROWS]
+    check = engines(postgres_database)
     assert counts(check) == expected_counts(50)
     assert [row[1] for row in dump(check)] == [person_name(n) for n in range(1, 51)]

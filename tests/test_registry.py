@@ -8,7 +8,8 @@ for the Session outside any scope raises ``NoScope``; that ephemeral
 sessions are removed on release; that ``end`` reports whether the session
 existed and how many cache keys it dropped; that ``max_sessions`` evicts the
 least recently used idle session and raises ``RegistryFull`` when all are
-busy; and that ``reap`` ends idle sessions but never one in use.
+busy; and that ``reap`` ends idle sessions (and drops expired entries from
+the idle sessions it keeps) but never touches one in use.
 """
 
 from __future__ import annotations
@@ -17,16 +18,17 @@ import threading
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from dogpile.cache.api import NO_VALUE
+from dogpile.cache.api import NO_VALUE, CachedValue
 from dogpile.cache.region import CacheRegion
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
 from sesscache import tracking
-from sesscache.backend import SessionStore, store_for
+from sesscache.backend import Description, SessionStore, store_for
 from sesscache.caching import QueryCache
 from sesscache.db import make_engine, prepare_database
 from sesscache.fixtures import person_name
@@ -342,6 +344,43 @@ def test_reap_ends_idle_sessions_but_never_one_in_use() -> None:
         assert registry.reap(now=time.monotonic() + 61.0) == [busy]
         assert registry.sessions_expired == 2
         assert len(registry) == 0
+    finally:
+        registry.close_all()
+
+
+@dataclass(frozen=True)
+class Expiring:
+    """A payload that describes itself with an expiry, as cached query results do."""
+
+    seconds: float
+
+    def describe(self) -> Description:
+        return Description(expiration_time=self.seconds)
+
+
+def test_reap_expires_entries_of_idle_sessions_only() -> None:
+    registry = make_registry(Limits(idle_timeout=60.0))
+    try:
+        stale = CachedValue(Expiring(1.0), {"ct": time.time() - 10, "v": 1})
+        fresh = CachedValue(Expiring(3600.0), {"ct": time.time(), "v": 1})
+        idle, busy = registry.open("idle"), registry.open("busy")
+        for state in (idle, busy):
+            session_of(registry, state.key)
+            store = registry.store_of(state)
+            assert store is not None
+            store.put("stale", stale, "local_session")
+            store.put("fresh", fresh, "local_session")
+        registry.release(idle)
+
+        assert registry.reap() == []  # nobody idle for a minute yet
+        idle_store, busy_store = registry.store_of(idle), registry.store_of(busy)
+        assert idle_store is not None
+        assert busy_store is not None
+        assert [e.key for e in idle_store] == ["fresh"]
+        assert idle_store.expirations == 1
+        assert [e.key for e in busy_store] == ["stale", "fresh"]  # in use: untouched
+        assert busy_store.expirations == 0
+        registry.release(busy)
     finally:
         registry.close_all()
 

@@ -630,21 +630,39 @@ def _wait_for(predicate: Callable[[], bool], timeout: float) -> None:
 
 
 def test_sigterm_drains_calls_in_flight_and_exits_0(database_url: str) -> None:
+    """SIGTERM while calls are queued in the server: every one of them completes OK.
+
+    A call counts as in flight once the server has started handling it, which
+    is when its (named) session appears in ListSessions. A call the server
+    has received but not yet dispatched when it shuts down is cancelled by
+    gRPC itself, so SIGTERM waits until every call's session is live.
+    """
     calls = 60
     process = ServerProcess(
         ["--listen", "127.0.0.1:0", "--database-url", database_url, "--db-workers", "1"]
     )
-    with process, Client(process.target, timeout=30) as client:
+    with (
+        process,
+        Client(process.target, timeout=30) as client,
+        grpc.insecure_channel(process.target) as channel,
+        ThreadPoolExecutor(calls) as pool,
+    ):
+        stub = pb_grpc.SessionCacheStub(channel)
+
+        def live_sessions() -> int:
+            return stub.ListSessions(pb.ListSessionsRequest(), timeout=10).total_size
+
         # One database worker: the calls queue up behind each other in the server.
-        with ThreadPoolExecutor(calls) as pool:
-            futures = [
-                pool.submit(client.query_persons, bypass_cache=True, page_size=PERSONS)
-                for _ in range(calls)
-            ]
-            _wait_for(lambda: any(_ACCESS.search(line) for line in process.lines), 20)
-            time.sleep(0.05)  # let the last calls reach the server
-            process.signal(signal.SIGTERM)
-            results = [future.result(timeout=60) for future in futures]
+        futures = [
+            pool.submit(
+                client.session(f"drain-{n}").query_persons, bypass_cache=True, page_size=PERSONS
+            )
+            for n in range(calls)
+        ]
+        _wait_for(lambda: live_sessions() == calls, 30)
+        assert not all(future.done() for future in futures)
+        process.signal(signal.SIGTERM)
+        results = [future.result(timeout=60) for future in futures]
         assert process.wait(30) == 0
 
     assert all(r.cache_status == pb.CACHE_STATUS_BYPASS for r in results)
