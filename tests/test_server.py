@@ -637,7 +637,7 @@ def test_sigterm_drains_calls_in_flight_and_exits_0(database_url: str) -> None:
     has received but not yet dispatched when it shuts down is cancelled by
     gRPC itself, so SIGTERM waits until every call's session is live.
     """
-    calls = 60
+    calls = 24
     process = ServerProcess(
         ["--listen", "127.0.0.1:0", "--database-url", database_url, "--db-workers", "1"]
     )
