@@ -1,17 +1,24 @@
 """sesscache client: a thin, typed Python client for the sesscache gRPC service.
 
 ``Client`` connects to a server; ``Client.session()`` gives a ``Session`` whose calls
-share one server-side ORM session and cache. Failed calls raise the exceptions of
-``client.errors`` (all subclasses of ``SesscacheError``). ``python -m client`` is
-the command line tool (see ``client.cli``).
+share one server-side ORM session and cache. Sessions and the client also inspect
+the cache: statistics, invalidation, sessions, and live events (``EventStream``).
+Failed calls raise the exceptions of ``client.errors`` (all subclasses of
+``SesscacheError``). ``python -m client`` is the command line tool (see ``client.cli``).
 """
 
 from client._client import (
+    ALL_REGIONS,
     DEFAULT_TARGET,
     DEFAULT_TIMEOUT,
+    LOCAL_REGION,
     SERVICE_NAME,
     SESSION_ID_METADATA_KEY,
+    SHARED_REGION,
     Client,
+    EntryOrderArg,
+    EventStream,
+    EventTypeArg,
     PersonViewArg,
     Session,
     new_session_id,
@@ -31,12 +38,18 @@ from client.errors import (
 )
 
 __all__ = [
+    "ALL_REGIONS",
     "DEFAULT_TARGET",
     "DEFAULT_TIMEOUT",
+    "LOCAL_REGION",
     "SERVICE_NAME",
     "SESSION_ID_METADATA_KEY",
+    "SHARED_REGION",
     "Client",
     "DeadlineExceeded",
+    "EntryOrderArg",
+    "EventStream",
+    "EventTypeArg",
     "InvalidArgument",
     "PermissionDenied",
     "PersonViewArg",

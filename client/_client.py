@@ -11,18 +11,33 @@ Example::
         page = session.query_persons(name_first="person 10", name_last="person 20")
         print(page.cache_status, [p.name for p in page.persons])
         print([entry.key for entry in session.list_cache_keys()])
+
+Inspection: :meth:`Session.get_stats`, :meth:`Session.reset_stats`, the
+``invalidate_*`` methods and :meth:`Session.clear_cache` (each returns the
+entries removed), :meth:`Session.watch` (live events, an :class:`EventStream`);
+server-wide and admin calls are on :class:`Client` (:meth:`Client.server_stats`,
+:meth:`Client.list_sessions`, :meth:`Client.end_idle_sessions`,
+:meth:`Client.watch_all`, ...)::
+
+    with session.watch(types=["hit", "miss"]) as events:
+        session.query_persons(name="person 10")
+        print(next(events).type)          # CACHE_EVENT_TYPE_MISS
+    print(session.get_stats().session.hit_ratio)
 """
 
 from __future__ import annotations
 
 import contextlib
+import math
 import re
 import secrets
-from collections.abc import Iterator, Sequence
+import threading
+from collections.abc import Iterable, Iterator, Sequence
 from types import TracebackType
 from typing import Literal, Self, TypeAlias, TypeVar
 
 import grpc
+from google.protobuf import duration_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from client.errors import (
@@ -35,11 +50,17 @@ from client.errors import (
 from sesscache.v1 import sesscache_pb2, sesscache_pb2_grpc
 
 __all__ = [
+    "ALL_REGIONS",
     "DEFAULT_TARGET",
     "DEFAULT_TIMEOUT",
+    "LOCAL_REGION",
     "SERVICE_NAME",
     "SESSION_ID_METADATA_KEY",
+    "SHARED_REGION",
     "Client",
+    "EntryOrderArg",
+    "EventStream",
+    "EventTypeArg",
     "PersonViewArg",
     "Session",
     "new_session_id",
@@ -60,6 +81,33 @@ PersonViewArg: TypeAlias = Literal["basic", "full"] | PersonViewValue | None
 _VIEWS: dict[str, PersonViewValue] = {
     "basic": sesscache_pb2.PERSON_VIEW_BASIC,
     "full": sesscache_pb2.PERSON_VIEW_FULL,
+}
+
+#: ListCacheKeys regions: the session's own entries, the shared region, or both.
+LOCAL_REGION = "local_session"
+SHARED_REGION = "default"
+ALL_REGIONS = "*"
+
+EntryOrderValue: TypeAlias = sesscache_pb2.CacheEntryOrder.ValueType
+#: The order of a cache listing: "stored" (oldest first), "hits" (most first), "size"
+#: (largest first), a ``CacheEntryOrder`` value, or ``None`` (stored).
+EntryOrderArg: TypeAlias = Literal["stored", "hits", "size"] | EntryOrderValue | None
+_ORDERS: dict[str, EntryOrderValue] = {
+    "stored": sesscache_pb2.CACHE_ENTRY_ORDER_STORED,
+    "hits": sesscache_pb2.CACHE_ENTRY_ORDER_HITS,
+    "size": sesscache_pb2.CACHE_ENTRY_ORDER_SIZE,
+}
+
+EventTypeValue: TypeAlias = sesscache_pb2.CacheEventType.ValueType
+#: A cache event type: its lower-case name ("hit", "session_end", ...) or a
+#: ``CacheEventType`` value.
+EventTypeArg: TypeAlias = (
+    Literal["hit", "miss", "store", "invalidate", "evict", "expire", "session_end"] | EventTypeValue
+)
+_EVENT_TYPES: dict[str, EventTypeValue] = {
+    name.removeprefix("CACHE_EVENT_TYPE_").lower(): value
+    for name, value in sesscache_pb2.CacheEventType.items()
+    if value != sesscache_pb2.CACHE_EVENT_TYPE_UNSPECIFIED
 }
 
 _Req = TypeVar("_Req")
@@ -98,6 +146,48 @@ def _view_value(view: PersonViewArg) -> PersonViewValue:
                 f"invalid view {view!r}", field_violations=[("view", "must be 'basic' or 'full'")]
             ) from None
     return view
+
+
+def _order_value(order_by: EntryOrderArg) -> EntryOrderValue:
+    if order_by is None:
+        return sesscache_pb2.CACHE_ENTRY_ORDER_UNSPECIFIED
+    if isinstance(order_by, str):
+        try:
+            return _ORDERS[order_by]
+        except KeyError:
+            raise InvalidArgument(
+                f"invalid order {order_by!r}",
+                field_violations=[("order_by", "must be 'stored', 'hits' or 'size'")],
+            ) from None
+    return order_by
+
+
+def _event_type_values(types: Iterable[EventTypeArg]) -> list[EventTypeValue]:
+    values: list[EventTypeValue] = []
+    for index, value in enumerate([types] if isinstance(types, str) else types):
+        if isinstance(value, str):
+            if value not in _EVENT_TYPES:
+                names = ", ".join(_EVENT_TYPES)
+                raise InvalidArgument(
+                    f"invalid event type {value!r}",
+                    field_violations=[(f"types[{index}]", f"must be one of {names}")],
+                )
+            values.append(_EVENT_TYPES[value])
+        else:
+            values.append(value)
+    return values
+
+
+def _keys_request(
+    *, page_size: int, region: str, entity: str, order_by: EntryOrderArg, session: str = ""
+) -> sesscache_pb2.ListCacheKeysRequest:
+    return sesscache_pb2.ListCacheKeysRequest(
+        page_size=page_size,
+        region=region,
+        entity=entity,
+        order_by=_order_value(order_by),
+        session=session,
+    )
 
 
 def _query_request(
@@ -295,6 +385,79 @@ class Client:
             return "SERVICE_UNKNOWN"
         return str(health_pb2.HealthCheckResponse.ServingStatus.Name(response.status))
 
+    # Server-wide inspection (admin ones need the admin role when authentication is on).
+
+    def server_stats(self) -> sesscache_pb2.CacheStats:
+        """The server-wide cache statistics (every session, ended ones too, and the
+        shared region's entries)."""
+        request = sesscache_pb2.GetStatsRequest()
+        return self._call(self._stub.GetStats, request, None).server
+
+    def reset_server_stats(self) -> sesscache_pb2.CacheStats:
+        """Reset the server-wide counters (admin); return them as they were."""
+        request = sesscache_pb2.ResetStatsRequest(server=True)
+        return self._call(self._stub.ResetStats, request, None).before
+
+    def invalidate_shared_region(self) -> list[sesscache_pb2.CacheEntry]:
+        """Remove every entry of the shared ``default`` region (admin); return them.
+
+        With the region in Redis, the entries returned carry their Redis keys only.
+        """
+        request = sesscache_pb2.InvalidateRequest(shared_region=True)
+        return list(self._call(self._stub.Invalidate, request, None).removed)
+
+    def list_sessions(self, *, page_size: int = 0) -> list[sesscache_pb2.SessionInfo]:
+        """Every live session (admin), least recently active first, following all pages."""
+        sessions: list[sesscache_pb2.SessionInfo] = []
+        request = sesscache_pb2.ListSessionsRequest(page_size=page_size)
+        while True:
+            response = self._call(self._stub.ListSessions, request, None)
+            sessions.extend(response.sessions)
+            if not response.next_page_token:
+                return sessions
+            request.page_token = response.next_page_token
+
+    def end_idle_sessions(self, min_idle: float) -> sesscache_pb2.EndSessionsResponse:
+        """End every session without a call for at least ``min_idle`` seconds (admin).
+
+        Like Redis ``CLIENT KILL MAXAGE``. The server refuses ``min_idle <= 0`` with
+        :class:`InvalidArgument`.
+        """
+        request = sesscache_pb2.EndSessionsRequest(min_idle=_duration(min_idle, "min_idle"))
+        return self._call(self._stub.EndSessions, request, None)
+
+    def list_cache_keys_of(
+        self,
+        handle: str,
+        *,
+        region: str = "",
+        entity: str = "",
+        order_by: EntryOrderArg = None,
+        page_size: int = 0,
+    ) -> list[sesscache_pb2.CacheEntry]:
+        """The cache entries of another session (admin), named by its ``handle``
+        (:attr:`SessionInfo.handle` from :meth:`list_sessions`).
+
+        See :meth:`Session.list_cache_keys` for the other arguments.
+        """
+        if not handle:
+            raise InvalidArgument(
+                "a session handle is required", field_violations=[("session", "must not be empty")]
+            )
+        request = _keys_request(
+            page_size=page_size, region=region, entity=entity, order_by=order_by, session=handle
+        )
+        return self._list_entries(request, None)
+
+    def watch_all(
+        self, *, types: Iterable[EventTypeArg] = (), duration: float | None = None
+    ) -> EventStream:
+        """Live cache events of every session (admin). See :meth:`Session.watch`."""
+        request = sesscache_pb2.WatchCacheEventsRequest(
+            all_sessions=True, types=_event_type_values(types)
+        )
+        return self._watch(request, None, duration)
+
     # Internals shared with Session.
 
     def _metadata(self, session_id: str | None) -> _Metadata:
@@ -314,6 +477,37 @@ class Client:
             return method(request, timeout=self.timeout, metadata=self._metadata(session_id))
         except grpc.RpcError as exc:
             raise from_rpc_error(exc, session_id=session_id) from exc
+
+    def _list_entries(
+        self, request: sesscache_pb2.ListCacheKeysRequest, session_id: str | None
+    ) -> list[sesscache_pb2.CacheEntry]:
+        entries: list[sesscache_pb2.CacheEntry] = []
+        while True:
+            response = self._call(self._stub.ListCacheKeys, request, session_id)
+            entries.extend(response.entries)
+            if not response.next_page_token:
+                return entries
+            request.page_token = response.next_page_token
+
+    def _invalidate(
+        self, request: sesscache_pb2.InvalidateRequest, session_id: str | None
+    ) -> list[sesscache_pb2.CacheEntry]:
+        return list(self._call(self._stub.Invalidate, request, session_id).removed)
+
+    def _watch(
+        self,
+        request: sesscache_pb2.WatchCacheEventsRequest,
+        session_id: str | None,
+        duration: float | None,
+    ) -> EventStream:
+        if self._closed:
+            raise RuntimeError("the client is closed")
+        if duration is not None and not duration > 0:
+            raise ValueError(f"duration must be positive or None, got {duration!r}")
+        call = self._stub.WatchCacheEvents(
+            request, timeout=duration, metadata=self._metadata(session_id)
+        )
+        return EventStream(call, session_id=session_id, bounded=duration is not None)
 
     def _iter_persons(
         self, request: sesscache_pb2.QueryPersonsRequest, session_id: str | None
@@ -421,19 +615,95 @@ class Session:
         )
         return self.client._iter_persons(request, self.id)
 
-    def list_cache_keys(self, *, page_size: int = 0) -> list[sesscache_pb2.CacheEntry]:
-        """Every entry of this session's cache, oldest first, following all pages.
+    def list_cache_keys(
+        self,
+        *,
+        page_size: int = 0,
+        region: str = "",
+        entity: str = "",
+        order_by: EntryOrderArg = None,
+    ) -> list[sesscache_pb2.CacheEntry]:
+        """Every entry of this session's cache, following all pages.
+
+        ``region`` is "" or :data:`LOCAL_REGION` (the session's own entries),
+        :data:`SHARED_REGION` (the shared ``default`` region) or :data:`ALL_REGIONS`
+        (both). ``entity`` keeps only entries of that ORM entity, e.g. "Person".
+        ``order_by`` is "stored" (the default: oldest first), "hits" (most first) or
+        "size" (largest first). Listing is never an access: hits and last access stay.
 
         Raises :class:`SessionNotFound` when the session does not exist.
         """
-        entries: list[sesscache_pb2.CacheEntry] = []
-        request = sesscache_pb2.ListCacheKeysRequest(page_size=page_size)
-        while True:
-            response = self.client._call(self.client._stub.ListCacheKeys, request, self.id)
-            entries.extend(response.entries)
-            if not response.next_page_token:
-                return entries
-            request.page_token = response.next_page_token
+        request = _keys_request(
+            page_size=page_size, region=region, entity=entity, order_by=order_by
+        )
+        return self.client._list_entries(request, self.id)
+
+    def get_stats(self) -> sesscache_pb2.GetStatsResponse:
+        """The statistics of this session (``.session``) and of the server (``.server``).
+
+        Raises :class:`SessionNotFound` when the session does not exist.
+        """
+        request = sesscache_pb2.GetStatsRequest()
+        return self.client._call(self.client._stub.GetStats, request, self.id)
+
+    def reset_stats(self) -> sesscache_pb2.CacheStats:
+        """Reset this session's counters; return them as they were."""
+        request = sesscache_pb2.ResetStatsRequest()
+        return self.client._call(self.client._stub.ResetStats, request, self.id).before
+
+    def invalidate_key(self, key_or_digest: str) -> list[sesscache_pb2.CacheEntry]:
+        """Remove one entry, named by its key or its digest, from this session's cache
+        or (failing that) the shared region. Returns it, or ``[]`` if there was none."""
+        request = sesscache_pb2.InvalidateRequest(key=key_or_digest)
+        return self.client._invalidate(request, self.id)
+
+    def invalidate_query(
+        self,
+        *,
+        name: str = "",
+        name_first: str = "",
+        name_last: str = "",
+        ids: Sequence[int] = (),
+        page_size: int = 0,
+        page_token: str = "",
+        view: PersonViewArg = None,
+    ) -> list[sesscache_pb2.CacheEntry]:
+        """Remove the entry that :meth:`query_persons` with the same arguments would hit.
+
+        Returns it, or ``[]`` if it was not cached.
+        """
+        query = _query_request(
+            name=name,
+            name_first=name_first,
+            name_last=name_last,
+            ids=ids,
+            bypass_cache=False,
+            page_size=page_size,
+            page_token=page_token,
+            view=view,
+        )
+        request = sesscache_pb2.InvalidateRequest(query=query)
+        return self.client._invalidate(request, self.id)
+
+    def clear_cache(self) -> list[sesscache_pb2.CacheEntry]:
+        """Remove every entry of this session's cache, keeping the session; return them."""
+        request = sesscache_pb2.InvalidateRequest(session_cache=True)
+        return self.client._invalidate(request, self.id)
+
+    def watch(
+        self, *, types: Iterable[EventTypeArg] = (), duration: float | None = None
+    ) -> EventStream:
+        """Live cache events of this session: an :class:`EventStream` of ``CacheEvent``.
+
+        ``types`` keeps only those types (e.g. ``["hit", "miss"]``; empty: all).
+        ``duration`` ends the stream after that many seconds (``None``: only
+        :meth:`EventStream.cancel` or the server ends it). When this returns the
+        server has subscribed: every later event is delivered, or counted in the
+        ``lost`` field of the next one delivered if the reader fell behind.
+        The session need not exist yet. The client's ``timeout`` does not apply.
+        """
+        request = sesscache_pb2.WatchCacheEventsRequest(types=_event_type_values(types))
+        return self.client._watch(request, self.id, duration)
 
     def end(self) -> sesscache_pb2.EndSessionResponse:
         """End the session: the server drops its ORM Session and cache.
@@ -442,3 +712,95 @@ class Session:
         """
         request = sesscache_pb2.EndSessionRequest()
         return self.client._call(self.client._stub.EndSession, request, self.id)
+
+
+def _duration(seconds: float, field: str) -> duration_pb2.Duration:
+    if not math.isfinite(seconds):
+        raise InvalidArgument(
+            f"invalid {field} {seconds!r}", field_violations=[(field, "must be a finite number")]
+        )
+    duration = duration_pb2.Duration()
+    duration.FromNanoseconds(round(seconds * 1e9))
+    return duration
+
+
+class EventStream:
+    """The live events of a ``WatchCacheEvents`` call: an iterator of ``CacheEvent``.
+
+    Returned by :meth:`Session.watch` and :meth:`Client.watch_all` once the server
+    has subscribed. Iterating blocks until the next event. The stream ends
+    (``StopIteration``) after :meth:`cancel` (callable from any thread, e.g. a
+    timer), once its ``duration`` has passed, or when the server shuts down; any
+    other failure raises a :mod:`client.errors` exception. As a context manager it
+    is cancelled on exit.
+
+    A reader that falls behind loses events (the server never waits for it); the
+    next event delivered says how many in its ``lost`` field, and :attr:`lost`
+    sums them.
+    """
+
+    def __init__(
+        self,
+        call: grpc.CallIterator[sesscache_pb2.CacheEvent],
+        *,
+        session_id: str | None,
+        bounded: bool,
+    ) -> None:
+        self._call = call
+        self._iterator = iter(call)
+        self._session_id = session_id
+        self._bounded = bounded
+        self._cancelled = threading.Event()
+        #: Events delivered so far, and events the server reported lost.
+        self.received = 0
+        self.lost = 0
+        # The server sends its headers once subscribed (or ends the call with an
+        # error): wait for them, so errors surface here and no event is missed.
+        try:
+            call.initial_metadata()
+            if not call.is_active() and call.code() is not grpc.StatusCode.OK:
+                next(self._iterator)  # raises the call's error
+        except grpc.RpcError as exc:
+            raise from_rpc_error(exc, session_id=session_id) from exc
+
+    def __repr__(self) -> str:
+        state = "cancelled" if self.cancelled else "active" if self._call.is_active() else "ended"
+        return f"EventStream({state}, received={self.received}, lost={self.lost})"
+
+    def __iter__(self) -> Self:
+        return self
+
+    def __next__(self) -> sesscache_pb2.CacheEvent:
+        try:
+            event = next(self._iterator)
+        except grpc.RpcError as exc:
+            code = exc.code() if isinstance(exc, grpc.Call) else None
+            if code is grpc.StatusCode.CANCELLED and self.cancelled:
+                raise StopIteration from None
+            if code is grpc.StatusCode.DEADLINE_EXCEEDED and self._bounded:
+                raise StopIteration from None
+            raise from_rpc_error(exc, session_id=self._session_id) from exc
+        self.received += 1
+        self.lost += event.lost
+        return event
+
+    @property
+    def cancelled(self) -> bool:
+        """Whether :meth:`cancel` was called."""
+        return self._cancelled.is_set()
+
+    def cancel(self) -> None:
+        """Stop the stream: the server unsubscribes, iteration ends. Idempotent."""
+        self._cancelled.set()
+        self._call.cancel()  # type: ignore[no-untyped-call]  # untyped in grpc-stubs
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.cancel()

@@ -13,23 +13,25 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import signal
 import sys
+import threading
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import grpc
 from dogpile.cache.region import CacheRegion
-from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from sqlalchemy import Engine, make_url
 from sqlalchemy.exc import ArgumentError, NoSuchModuleError
 from sqlalchemy.orm import sessionmaker
 
 from server import auth, config
+from server.health import DrainingHealthServicer
 from server.inspection import Inspector
 from server.interceptors import AccessLogInterceptor, ErrorInterceptor
 from server.metrics import Metrics
@@ -37,13 +39,20 @@ from server.paging import PageTokens
 from server.service import PersonService
 from server.servicer import SessionCacheServicer
 from sesscache import db
+from sesscache.backend import SharedMemoryBackend
 from sesscache.caching import QueryCache
-from sesscache.regions import RegionSettings, make_regions
+from sesscache.regions import SHARED_REGION, RegionSettings, make_regions
 from sesscache.registry import SessionRegistry
 from sesscache.v1 import sesscache_pb2 as pb
 from sesscache.v1 import sesscache_pb2_grpc as pb_grpc
 
 log = logging.getLogger("sesscache.server")
+
+#: Worker threads running database work are named after this.
+DB_THREAD_PREFIX = "sesscache-db"
+
+#: The "session" events of the shared region are reported under.
+SHARED_SCOPE = ("", "")
 
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["SessionCache"].full_name
 
@@ -87,22 +96,31 @@ class Running:
 
     server: grpc.aio.Server
     port: int
-    health: Any  # grpc_health.v1.health.aio.HealthServicer
+    health: DrainingHealthServicer
     registry: SessionRegistry
     executor: ThreadPoolExecutor
     engine: Engine
     inspector: Inspector
+    servicer: SessionCacheServicer
     metrics: Metrics | None = None
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
 
     async def stop(self, grace: float) -> None:
-        """Drain: NOT_SERVING, refuse new calls, let calls in flight finish within ``grace``."""
+        """Drain: NOT_SERVING, refuse new calls, let calls in flight finish within ``grace``.
+
+        Calls still running after ``grace`` are cancelled, and database work
+        still running in threads then is abandoned (not waited for): the
+        server stops within its grace period even if the database hangs.
+        """
         await self.health.enter_graceful_shutdown()
         self.inspector.events.close()
         for task in self.tasks:
             task.cancel()
-        await self.server.stop(grace)
-        self.executor.shutdown(wait=True, cancel_futures=True)
+        stopping = asyncio.create_task(self.server.stop(grace))
+        await asyncio.wait([stopping], timeout=grace)
+        self.servicer.abandon_database_work()
+        await stopping
+        self.executor.shutdown(wait=False, cancel_futures=True)
         self.registry.close_all()
         self.engine.dispose()
         if self.metrics is not None:
@@ -114,7 +132,9 @@ async def start(settings: config.Settings, engine: Engine) -> Running:
     tokens_by_digest = auth.load_tokens(settings.auth_tokens_file, settings.auth_tokens)
     inspector = Inspector(hash_sessions=bool(tokens_by_digest))
     factory = sessionmaker(engine, expire_on_commit=False, autoflush=False)
-    registry = SessionRegistry(factory, limits=settings.limits(), observer=inspector)
+    registry = SessionRegistry(
+        factory, limits=settings.limits(), observer=inspector, label=inspector.label
+    )
     backend, arguments = settings.shared_region()
     regions = make_regions(
         registry.current_session,
@@ -125,10 +145,15 @@ async def start(settings: config.Settings, engine: Engine) -> Running:
             shared_expiration=_expiration(settings.shared_region_expiration),
         ),
     )
+    shared = regions[SHARED_REGION].backend
+    if isinstance(shared, SharedMemoryBackend):
+        shared.store.on_removal = lambda entry, reason: inspector.entry_removed(
+            SHARED_SCOPE, entry, reason
+        )
     query_cache = QueryCache(regions)
     query_cache.listen(factory)
     tokens = PageTokens(settings.page_token_secret)
-    executor = ThreadPoolExecutor(settings.db_workers, thread_name_prefix="sesscache-db")
+    executor = ThreadPoolExecutor(settings.db_workers, thread_name_prefix=DB_THREAD_PREFIX)
     servicer = SessionCacheServicer(
         registry,
         PersonService(registry, query_cache, tokens),
@@ -136,6 +161,7 @@ async def start(settings: config.Settings, engine: Engine) -> Running:
         executor,
         regions=regions,
         inspector=inspector,
+        watch_buffer=settings.watch_buffer,
     )
 
     metrics = Metrics(inspector, registry) if settings.metrics_listen else None
@@ -150,8 +176,7 @@ async def start(settings: config.Settings, engine: Engine) -> Running:
     interceptors.append(ErrorInterceptor())
     server = grpc.aio.server(interceptors=interceptors)
     pb_grpc.add_SessionCacheServicer_to_server(servicer, server)
-    # The aio health servicer; grpc_health's type hints omit the `aio` alias.
-    health_servicer = health.aio.HealthServicer()  # type: ignore[attr-defined]
+    health_servicer = DrainingHealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection(
         (
@@ -182,7 +207,9 @@ async def start(settings: config.Settings, engine: Engine) -> Running:
         log.info("metrics on http://%s:%d/metrics", host, metrics_port)
     for name in ("", SERVICE_NAME):
         await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
-    running = Running(server, port, health_servicer, registry, executor, engine, inspector, metrics)
+    running = Running(
+        server, port, health_servicer, registry, executor, engine, inspector, servicer, metrics
+    )
     running.tasks.append(asyncio.create_task(_upkeep(registry, list(regions.values()))))
     return running
 
@@ -257,6 +284,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ArgumentError, NoSuchModuleError) as error:
         log.error("bad database URL %r: %s", settings.effective_database_url(), error)
         return 2
+    code = 0
     with contextlib.suppress(KeyboardInterrupt):
-        return asyncio.run(serve(settings, engine))
-    return 0
+        code = asyncio.run(serve(settings, engine))
+    abandoned = [t for t in threading.enumerate() if t.name.startswith(DB_THREAD_PREFIX)]
+    if abandoned:
+        # Database work still running past the grace period (a hung database):
+        # do not wait for it at interpreter exit.
+        log.warning("exiting with %d database calls still running", len(abandoned))
+        logging.shutdown()
+        os._exit(code)
+    return code

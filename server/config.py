@@ -98,6 +98,10 @@ class Settings:
     tls_client_ca: str = _opt(
         "PEM CA bundle; when set, clients must present a certificate it signed", default=""
     )
+    watch_buffer: int = _opt(
+        "events buffered per WatchCacheEvents subscriber; a slower reader loses events",
+        default=1000,
+    )
     metrics_listen: str = _opt(
         "serve Prometheus metrics at http://HOST:PORT/metrics (empty: off)", default=""
     )
@@ -119,7 +123,13 @@ class Settings:
 
     def check(self) -> None:
         """Raise ValueError naming the first setting that makes no sense."""
-        positive = ("db_workers", "db_startup_attempts", "pool_size", "max_sessions")
+        positive = (
+            "db_workers",
+            "db_startup_attempts",
+            "pool_size",
+            "max_sessions",
+            "watch_buffer",
+        )
         for name in positive:
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1")
@@ -142,7 +152,13 @@ class Settings:
     def shared_region(self) -> tuple[str, dict[str, Any]]:
         """(backend name, arguments) of the shared region."""
         if self.redis_url:
-            return "dogpile.cache.redis", {"url": self.redis_url, "distributed_lock": True}
+            # dogpile warns unless a distributed lock is also not thread-local: its
+            # token must be releasable by whichever thread finishes the work.
+            return "dogpile.cache.redis", {
+                "url": self.redis_url,
+                "distributed_lock": True,
+                "thread_local_lock": False,
+            }
         arguments = json.loads(self.shared_region_arguments)
         if not isinstance(arguments, dict):
             raise ValueError("shared_region_arguments must be a JSON object")

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextvars
 import hashlib
+import inspect
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -92,12 +93,27 @@ def wrap_handler(
             response_serializer=handler.response_serializer,
         )
     if handler.unary_stream is not None:
+        if not inspect.isasyncgenfunction(handler.unary_stream):
+            # A stream that answers with context.write() (grpc's health Watch):
+            # the wrappers iterate async generators only, so serve it as it is.
+            return handler
         return grpc.unary_stream_rpc_method_handler(
             stream(cast("StreamBehavior", handler.unary_stream)),
             request_deserializer=request_deserializer,
             response_serializer=handler.response_serializer,
         )
     return handler
+
+
+async def responses(result: Any) -> AsyncIterator[Any]:
+    """The responses of a server-streaming behaviour, whichever style it has:
+    an async generator, or a coroutine that writes with ``context.write``
+    (as grpc's own health servicer does) and yields nothing here."""
+    if inspect.isawaitable(result):
+        await result
+        return
+    async for response in result:
+        yield response
 
 
 def _decode(deserialize: Callable[[bytes], Any] | None, raw: Any) -> Any:
@@ -151,7 +167,7 @@ class ErrorInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
     def _stream(behavior: StreamBehavior, deserialize: Any) -> StreamBehavior:
         async def stream(raw: Any, context: Context) -> AsyncIterator[Any]:
             try:
-                async for response in behavior(_decode(deserialize, raw), context):
+                async for response in responses(behavior(_decode(deserialize, raw), context)):
                     yield response
             except AbortError:
                 raise
@@ -212,7 +228,7 @@ class AccessLogInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg
             token = _current.set(record)
             started = time.perf_counter()
             try:
-                async for response in behavior(request, context):
+                async for response in responses(behavior(request, context)):
                     yield response
             finally:
                 _current.reset(token)

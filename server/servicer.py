@@ -22,7 +22,7 @@ import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Callable
 from concurrent.futures import Executor
-from typing import TYPE_CHECKING, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from dogpile.cache.region import CacheRegion
 from sqlalchemy.orm import object_session
@@ -43,7 +43,7 @@ from server.interceptors import current_call
 from server.paging import PageTokens
 from server.service import PersonService
 from sesscache.backend import Entry, SessionStore, SharedMemoryBackend
-from sesscache.regions import LOCAL_REGION, SHARED_REGION, clear_shared
+from sesscache.regions import LOCAL_REGION, SHARED_REGION, clear_shared, shared_entries
 from sesscache.registry import ScopeKey, SessionRegistry, SessionState
 from sesscache.v1 import sesscache_pb2 as pb
 from sesscache.v1 import sesscache_pb2_grpc as pb_grpc
@@ -90,6 +90,12 @@ class SessionCacheServicer(pb_grpc.SessionCacheServicer):
         self.regions = regions
         self.inspector = inspector
         self.watch_buffer = watch_buffer
+        self._abandon = asyncio.Event()
+
+    def abandon_database_work(self) -> None:
+        """Shutting down past the grace period: cancelled calls stop waiting for
+        their database work (their sessions are going away with the server)."""
+        self._abandon.set()
 
     # -- queries -----------------------------------------------------------------
 
@@ -419,14 +425,18 @@ class SessionCacheServicer(pb_grpc.SessionCacheServicer):
         try:
             return await asyncio.shield(future)
         except asyncio.CancelledError:
-            while not future.done():
-                with contextlib.suppress(asyncio.CancelledError):
-                    await asyncio.wait([future])
+            abandon: asyncio.Future[Any] = asyncio.ensure_future(self._abandon.wait())
+            waiting: list[asyncio.Future[Any]] = [future, abandon]
+            try:
+                while not future.done() and not abandon.done():
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                abandon.cancel()
             raise
 
     def _shared_entries(self) -> list[Entry]:
-        backend = self.regions[SHARED_REGION].backend
-        return backend.entries() if isinstance(backend, SharedMemoryBackend) else []
+        return shared_entries(self.regions[SHARED_REGION])
 
     def _delete_key(self, store: SessionStore | None, key_or_digest: str) -> list[Entry]:
         """Remove one entry, by key or digest, from the session or the shared region."""

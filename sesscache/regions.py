@@ -23,12 +23,14 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from dogpile.cache import make_region
+from dogpile.cache.api import CachedValue
 from dogpile.cache.region import CacheRegion
 from sqlalchemy.orm import Session
 
 from sesscache.backend import (
     BACKEND_NAME,
     SHARED_BACKEND_NAME,
+    Description,
     Entry,
     SharedMemoryBackend,
     register_backend,
@@ -92,6 +94,41 @@ SHARED_KEY_PREFIX = "sesscache:default:"
 def shared_key(key: str) -> str:
     """The shared region's key in an external store: prefixed, fixed length."""
     return SHARED_KEY_PREFIX + hashlib.sha1(key.encode(), usedforsecurity=False).hexdigest()
+
+
+def shared_entries(region: CacheRegion) -> list[Entry]:
+    """The entries of the shared region, oldest first, read without counting as access.
+
+    In memory, every entry with its metadata; in Redis, each key under
+    :data:`SHARED_KEY_PREFIX` with its size (the rest of an entry's metadata
+    is not kept there); other backends cannot be listed: none.
+    """
+    backend = region.backend
+    if isinstance(backend, SharedMemoryBackend):
+        return backend.entries()
+    client = getattr(backend, "writer_client", None)
+    if client is None:
+        return []
+    keys = sorted(k.decode() for k in client.scan_iter(match=SHARED_KEY_PREFIX + "*", count=500))
+    if not keys:
+        return []
+    with client.pipeline(transaction=False) as pipeline:
+        for key in keys:
+            pipeline.strlen(key)
+        sizes = pipeline.execute()
+    return [
+        Entry(
+            key=key,
+            region=SHARED_REGION,
+            value=CachedValue(None, {}),
+            seq=number,
+            stored_at=0.0,
+            expires_at=None,
+            description=Description(size=int(size)),
+            last_access=0.0,
+        )
+        for number, (key, size) in enumerate(zip(keys, sizes, strict=True), start=1)
+    ]
 
 
 def clear_shared(region: CacheRegion) -> list[Entry] | list[str]:

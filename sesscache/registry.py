@@ -126,6 +126,8 @@ class SessionRegistry:
 
     ``session_factory`` makes a new Session (a ``sessionmaker``); the
     registry gives each one a :class:`SessionStore` bounded by ``limits``.
+    ``observer`` is told of evictions, expiries and ended sessions; ``label``
+    names a session in log lines (a hash, when session ids are secrets).
     """
 
     def __init__(
@@ -134,9 +136,12 @@ class SessionRegistry:
         *,
         limits: Limits | None = None,
         observer: RegistryObserver | None = None,
+        label: Callable[[ScopeKey], str] | None = None,
     ) -> None:
         self.limits = limits or Limits()
         self.observer = observer
+        #: How a session is named in log lines (default: its id).
+        self.label: Callable[[ScopeKey], str] = label or (lambda key: key[1])
         self._factory = session_factory
         # scoped_session only ever calls its factory, so a plain callable
         # that adds the bounded store to each new Session serves.
@@ -312,7 +317,9 @@ class SessionRegistry:
                     dropped = self._remove(state, "idle")
                     self.sessions_expired += 1
                     log.debug(
-                        "session %s expired after idling (%d keys dropped)", state.key[1], dropped
+                        "session %s expired after idling (%d keys dropped)",
+                        self.label(state.key),
+                        dropped,
                     )
                     reaped.append(state)
                 else:
@@ -322,10 +329,24 @@ class SessionRegistry:
         return reaped
 
     def close_all(self) -> None:
-        """End every session (at shutdown)."""
+        """End every session (at shutdown).
+
+        A session still used by a call (its work abandoned past the grace
+        period) is forgotten without being closed: closing would wait for
+        that work, on a database that may never answer.
+        """
         with self._lock:
             for state in list(self._states.values()):
-                self._remove(state, "shutdown")
+                if state.users:
+                    state.ended = True
+                    del self._states[state.key]
+                    token = _scope.set(state.key)
+                    try:
+                        self.scoped.registry.clear()  # forget it, without closing it
+                    finally:
+                        _scope.reset(token)
+                else:
+                    self._remove(state, "shutdown")
 
     # -- internals -----------------------------------------------------------
 
@@ -337,7 +358,9 @@ class SessionRegistry:
                 dropped = self._remove(state, "evicted")
                 self.sessions_evicted += 1
                 log.debug(
-                    "session %s evicted to make room (%d keys dropped)", state.key[1], dropped
+                    "session %s evicted to make room (%d keys dropped)",
+                    self.label(state.key),
+                    dropped,
                 )
                 return
         raise RegistryFull(

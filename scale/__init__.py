@@ -1,0 +1,1 @@
+"""The native scale-out demo: ``python -m scale`` (``make scale-demo``)."""
