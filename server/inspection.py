@@ -37,7 +37,12 @@ EVENT_TYPES_BY_VALUE = {value: key for key, value in EVENT_TYPES.items()}
 
 
 class Inspector:
-    """Server-wide counters and the event bus; the registry's observer."""
+    """Server-wide counters and the event bus; the registry's observer.
+
+    The servicer's records (:meth:`hit`, :meth:`miss`, ...) are made on the
+    event loop; the registry's (evictions, expiries) may come from worker
+    threads, so those take the counters' lock.
+    """
 
     def __init__(self, *, hash_sessions: bool = False) -> None:
         self.hash_sessions = hash_sessions
@@ -63,9 +68,12 @@ class Inspector:
     # -- the servicer's records ------------------------------------------------
 
     def hit(self, state: SessionState, region: str, key: str, rows: int, saved: int) -> None:
+        # Hits are only counted on the event loop: no lock needed for these two.
         for counters in (state.counters, self.counters):
-            counters.add(hits=1, sql_statements_saved=saved)
-        self.events.publish(EventType.HIT, state.key, region=region, key=key, rows=rows)
+            counters.hits += 1
+            counters.sql_statements_saved += saved
+        if self.events.active:
+            self.events.publish(EventType.HIT, state.key, region=region, key=key, rows=rows)
 
     def miss(self, state: SessionState, region: str, key: str, rows: int, sql: int) -> None:
         for counters in (state.counters, self.counters):

@@ -7,6 +7,7 @@ are reported at once.
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -99,17 +100,9 @@ def persons_request(request: pb.QueryPersonsRequest, tokens: PageTokens) -> Pers
         limit=size,
         full=request.view != pb.PERSON_VIEW_BASIC,
     )
-    after_id = tokens.decode(request.page_token, _persons_fingerprint(query))
-    if after_id:
-        query = PersonQuery(
-            name=query.name,
-            first=query.first,
-            last=query.last,
-            ids=query.ids,
-            after_id=after_id,
-            limit=query.limit,
-            full=query.full,
-        )
+    if request.page_token:
+        after_id = tokens.decode(request.page_token, _persons_fingerprint(query))
+        query = dataclasses.replace(query, after_id=after_id)
     return PersonsRequest(query=query, bypass_cache=request.bypass_cache)
 
 

@@ -95,18 +95,17 @@ class PersonService:
         if entry is None or (entry.expires_at is not None and entry.expires_at <= time.time()):
             return None
         payload = entry.value.payload
-        template = (
+        rendered = (
             payload.renderings.get(RESPONSE_RENDERING)
             if isinstance(payload, CachedResult)
             else None
         )
-        if template is None:
+        if rendered is None:
             return None
         store.get(key)  # counts the hit on the entry
-        response = pb.QueryPersonsResponse()
-        response.CopyFrom(template)
-        response.cache_status = pb.CACHE_STATUS_HIT
-        return Served(response, rows=entry.rows, saved=payload.sql_statements)
+        # The rendered HIT response is shared by every hit of the entry: it is
+        # never changed once made, so no copy is needed.
+        return Served(rendered, rows=entry.rows, saved=payload.sql_statements)
 
     # -- worker thread ---------------------------------------------------------
 
@@ -155,10 +154,11 @@ class PersonService:
             # Stored by this call: what a hit saves is everything the call
             # emitted, lazy loads of the rendering included.
             payload.sql_statements = response.sql_statements
-            template = pb.QueryPersonsResponse()
-            template.CopyFrom(response)
-            template.sql_statements = 0
-            payload.renderings[RESPONSE_RENDERING] = template
+            rendered = pb.QueryPersonsResponse()
+            rendered.CopyFrom(response)
+            rendered.cache_status = pb.CACHE_STATUS_HIT
+            rendered.sql_statements = 0
+            payload.renderings[RESPONSE_RENDERING] = rendered
         return payload
 
     def _undo(self, session: Session, tracker: tracking.CallTracker) -> None:

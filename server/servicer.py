@@ -104,10 +104,22 @@ class SessionCacheServicer(pb_grpc.SessionCacheServicer):
     ) -> pb.QueryPersonsResponse:
         session_id = self._session_id(context)
         persons = requests.persons_request(request, self.tokens)
-        async with self._session(session_id, context) as state:
-            served = self.service.serve_hit(state, persons)
-            if served is None:
-                served = await self._in_thread(state, self.service.query_persons, persons)
+        served = None
+        if session_id is not None and not persons.bypass_cache:
+            # The fast path: with the session's lock free, nothing can use the
+            # session while this synchronous block runs (one event loop), so a
+            # rendered hit is served without taking the lock or a thread.
+            state = self.registry.open(session_id, principal=self._principal(context))
+            try:
+                if not state.lock.locked():
+                    served = self.service.serve_hit(state, persons)
+            finally:
+                self.registry.release(state)
+        if served is None:
+            async with self._session(session_id, context) as state:
+                served = self.service.serve_hit(state, persons)
+                if served is None:
+                    served = await self._in_thread(state, self.service.query_persons, persons)
         response = served.response
         status = response.cache_status
         if status == pb.CACHE_STATUS_HIT:

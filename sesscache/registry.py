@@ -97,6 +97,8 @@ class SessionState:
     users: int = 0
     ended: bool = False
     counters: Counters = field(default_factory=Counters)
+    #: The cache store of the session's Session, once made (see SessionRegistry.store_of).
+    store: SessionStore | None = None
 
     @property
     def principal(self) -> str:
@@ -224,6 +226,8 @@ class SessionRegistry:
                     )
                 else:
                     self._states.move_to_end(key)
+                    if peer and not state.peer:
+                        state.peer = peer
             state.users += 1
             return state
 
@@ -280,8 +284,10 @@ class SessionRegistry:
 
     def store_of(self, state: SessionState) -> SessionStore | None:
         """The cache store of ``state``'s session, if its Session was ever made."""
-        with self.scope_if_exists(state.key) as session:
-            return None if session is None else store_for(session, create=False)
+        if state.store is None:
+            with self.scope_if_exists(state.key) as session:
+                state.store = None if session is None else store_for(session, create=False)
+        return state.store
 
     @contextmanager
     def scope_if_exists(self, key: ScopeKey) -> Iterator[Session | None]:
@@ -387,6 +393,7 @@ class SessionRegistry:
                 self.scoped.remove()
         finally:
             _scope.reset(token)
+        state.store = None
         if reason:
             self.sessions_ended += 1
             if self.observer is not None:
