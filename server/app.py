@@ -17,6 +17,7 @@ import os
 import signal
 import sys
 import threading
+import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -287,6 +288,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     code = 0
     with contextlib.suppress(KeyboardInterrupt):
         code = asyncio.run(serve(settings, engine))
+    # Idle workers exit as soon as they see the executor's shutdown; give them a
+    # moment, so that only threads still running database work count below.
+    deadline = time.monotonic() + 1.0
+    for thread in [t for t in threading.enumerate() if t.name.startswith(DB_THREAD_PREFIX)]:
+        thread.join(max(0.0, deadline - time.monotonic()))
     abandoned = [t for t in threading.enumerate() if t.name.startswith(DB_THREAD_PREFIX)]
     if abandoned:
         # Database work still running past the grace period (a hung database):

@@ -175,8 +175,8 @@ class SessionStore:
     def put(self, key: str, value: CachedValue, region: str) -> Entry:
         """Store ``value`` under ``key`` (replacing any entry), then apply the limits."""
         self.delete(key)
-        payload = value.payload
-        description = payload.describe() if isinstance(payload, Describable) else Description()
+        describe = getattr(value.payload, "describe", None)
+        description = describe() if describe is not None else Description()
         stored_at = value.metadata.get("ct", time.time()) if value.metadata else time.time()
         expires_at = (
             stored_at + description.expiration_time
@@ -422,7 +422,8 @@ class SharedMemoryBackend(CacheBackend):
     def set(self, key: str, value: CachedValue | bytes) -> None:
         value = _unserialized(value)
         payload = value.payload
-        description = payload.describe() if isinstance(payload, Describable) else Description()
+        describe = getattr(payload, "describe", None)
+        description = describe() if describe is not None else Description()
         description = replace(
             description, size=len(data := pickle.dumps(payload, pickle.HIGHEST_PROTOCOL))
         )

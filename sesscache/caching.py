@@ -32,14 +32,14 @@ from __future__ import annotations
 
 import logging
 import sys
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, cast
 
 from dogpile.cache.api import NO_VALUE
 from dogpile.cache.region import CacheRegion
 from sqlalchemy import event
-from sqlalchemy.engine import FrozenResult, Result
+from sqlalchemy.engine import FrozenResult, Result, Row
 from sqlalchemy.orm import ORMExecuteState, Session, loading, scoped_session, sessionmaker
 from sqlalchemy.orm.interfaces import UserDefinedOption
 from sqlalchemy.sql import ClauseElement
@@ -278,6 +278,47 @@ class QueryCache:
             return payload
 
         session_local = getattr(region.backend, "holds_session_objects", False)
+        if session_local:
+            # A session's calls run one at a time: no dogpile lock is needed
+            # around creating a value, so look up, and store on a miss.
+            never = option.expiration_time == -1  # as get_or_create reads it
+            payload = region.get(
+                key,
+                expiration_time=None if never else option.expiration_time,
+                ignore_expiration=option.ignore_expiration or never,
+            )
+            if payload is NO_VALUE:
+                payload = create()
+                region.set(key, payload)
+        else:
+            shared = self._serve_shared(option, region, key, create, created)
+            if isinstance(shared, Result):
+                return shared
+            payload = shared
+
+        outcome = tracking.Outcome.MISS if created else tracking.Outcome.HIT
+        tracking.record_lookup(option.region, key, outcome, payload.description.rows)
+        if created or session_local:
+            # The rows are this session's own objects: no merge needed.
+            return payload.frozen()
+        merged: FrozenResult[Any] = loading.merge_frozen_result(  # type: ignore[no-untyped-call]
+            orm_context.session, orm_context.statement, payload.frozen, load=False
+        )
+        return merged()
+
+    def _serve_shared(
+        self,
+        option: FromCache,
+        region: CacheRegion,
+        key: str,
+        create: Callable[[], CachedResult],
+        created: list[CachedResult],
+    ) -> CachedResult | Result[Any]:
+        """Look up or create in a region shared by sessions, under dogpile's lock.
+
+        A shared cache that fails (Redis down, say) must not fail the query:
+        the statement's result is returned uncached instead.
+        """
         running = False
 
         def guarded_create() -> CachedResult:
@@ -300,60 +341,57 @@ class QueryCache:
                     key, guarded_create, expiration_time=option.expiration_time
                 )
         except Exception as error:
-            if session_local or running:
-                raise  # the statement failed (or our own store did): not a cache outage
-            # A shared cache (Redis, say) that fails must not fail the query:
-            # serve it from the database, uncached.
+            if running:
+                raise  # the statement failed, not the cache
             log.warning("cache region %r failed (%s); querying uncached", option.region, error)
             payload = created[0] if created else create()
             tracking.record_lookup(
                 option.region, key, tracking.Outcome.BYPASS, len(payload.frozen.data)
             )
             return payload.frozen()
-
-        outcome = tracking.Outcome.MISS if created else tracking.Outcome.HIT
-        tracking.record_lookup(option.region, key, outcome, payload.description.rows)
-        if created or session_local:
-            # The rows are this session's own objects: no merge needed.
-            return payload.frozen()
-        merged: FrozenResult[Any] = loading.merge_frozen_result(  # type: ignore[no-untyped-call]
-            orm_context.session, orm_context.statement, payload.frozen, load=False
-        )
-        return merged()
+        return payload
 
 
 def approximate_size(rows: Iterable[Any]) -> int:
     """A cheap estimate of the memory a list of ORM rows holds, in bytes.
 
-    Counts each row, each object in it, its attribute dictionary and the
-    scalar values in it, one level into loaded collections.
+    Counts each object of each row: its instance state and attribute
+    dictionary, its strings and numbers, and one level into loaded
+    collections (a Person's addresses). Cheap by design: it runs on every
+    store, so it estimates from lengths rather than measuring each object.
     """
     total = 0
     for row in rows:
         # Single-entity ORM results freeze to the objects themselves.
-        objects = row if isinstance(row, Sequence) else (row,)
-        total += sys.getsizeof(row) if objects is row else 0
-        for obj in objects:
-            total += _object_size(obj)
-            attributes = getattr(obj, "__dict__", None)
-            if attributes:
-                for value in attributes.values():
-                    if isinstance(value, list):
-                        total += sys.getsizeof(value) + sum(_object_size(v) for v in value)
+        if isinstance(row, Row):
+            total += _ROW_OVERHEAD
+            for obj in row:
+                total += _object_size(obj, 1)
+        else:
+            total += _object_size(row, 1)
     return total
 
 
-# An ORM instance carries an InstanceState besides its own attributes.
-_STATE_OVERHEAD = 400
+# Fixed costs, measured with sys.getsizeof on CPython 3.11: an ORM instance
+# with its InstanceState and attribute dictionary; a str; a number; a row.
+_INSTANCE_OVERHEAD = 600
+_SLOT = 40
+_STR_OVERHEAD = 49
+_NUMBER = 28
+_ROW_OVERHEAD = 80
 
 
-def _object_size(obj: Any) -> int:
-    size = sys.getsizeof(obj)
+def _object_size(obj: Any, depth: int) -> int:
     attributes = getattr(obj, "__dict__", None)
     if attributes is None:
-        return size
-    size += sys.getsizeof(attributes) + _STATE_OVERHEAD
+        return sys.getsizeof(obj)
+    size = _INSTANCE_OVERHEAD + _SLOT * len(attributes)
     for value in attributes.values():
-        if isinstance(value, str | bytes | int | float):
-            size += sys.getsizeof(value)
+        kind = type(value)
+        if kind is str:
+            size += _STR_OVERHEAD + len(value)
+        elif kind is int or kind is float:
+            size += _NUMBER
+        elif depth and kind is list:
+            size += _SLOT * len(value) + sum(_object_size(item, depth - 1) for item in value)
     return size

@@ -142,8 +142,8 @@ class HealthWatch:
     """A ``grpc.health.v1.Health/Watch`` stream read in a thread: the statuses it sent.
 
     ``until``: cancel the stream once this status arrives (a watcher that has
-    seen NOT_SERVING goes elsewhere; an open stream would hold the server's
-    drain for its whole grace period, see the xfail test below).
+    seen NOT_SERVING goes elsewhere); with None the server ends it, see
+    :func:`test_an_open_health_watch_does_not_hold_the_shutdown`.
     """
 
     def __init__(self, target: str, *, until: int | None = NOT_SERVING) -> None:
