@@ -290,7 +290,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         code = asyncio.run(serve(settings, engine))
     # Idle workers exit as soon as they see the executor's shutdown; give them a
     # moment, so that only threads still running database work count below.
-    deadline = time.monotonic() + 1.0
+    deadline = time.monotonic() + 0.2
     for thread in [t for t in threading.enumerate() if t.name.startswith(DB_THREAD_PREFIX)]:
         thread.join(max(0.0, deadline - time.monotonic()))
     abandoned = [t for t in threading.enumerate() if t.name.startswith(DB_THREAD_PREFIX)]

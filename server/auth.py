@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any
 import grpc
 
 from server.errors import Unauthenticated
-from server.interceptors import abort, responses, wrap_handler
+from server.interceptors import abort, wrap_handler
 
 if TYPE_CHECKING:
     from server.interceptors import (
@@ -152,7 +152,7 @@ def _as(handler: Handler, principal: Principal) -> Handler:
     def stream(behavior: StreamBehavior) -> StreamBehavior:
         async def call(request: Any, context: Context) -> AsyncIterator[Any]:
             _current.set(principal)
-            async for response in responses(behavior(request, context)):
+            async for response in behavior(request, context):
                 yield response
 
         return call

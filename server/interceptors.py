@@ -105,17 +105,6 @@ def wrap_handler(
     return handler
 
 
-async def responses(result: Any) -> AsyncIterator[Any]:
-    """The responses of a server-streaming behaviour, whichever style it has:
-    an async generator, or a coroutine that writes with ``context.write``
-    (as grpc's own health servicer does) and yields nothing here."""
-    if inspect.isawaitable(result):
-        await result
-        return
-    async for response in result:
-        yield response
-
-
 def _decode(deserialize: Callable[[bytes], Any] | None, raw: Any) -> Any:
     """The request from its bytes; INVALID_ARGUMENT when they do not parse."""
     if deserialize is None:
@@ -167,7 +156,7 @@ class ErrorInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
     def _stream(behavior: StreamBehavior, deserialize: Any) -> StreamBehavior:
         async def stream(raw: Any, context: Context) -> AsyncIterator[Any]:
             try:
-                async for response in responses(behavior(_decode(deserialize, raw), context)):
+                async for response in behavior(_decode(deserialize, raw), context):
                     yield response
             except AbortError:
                 raise
@@ -228,7 +217,7 @@ class AccessLogInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg
             token = _current.set(record)
             started = time.perf_counter()
             try:
-                async for response in responses(behavior(request, context)):
+                async for response in behavior(request, context):
                     yield response
             finally:
                 _current.reset(token)

@@ -445,6 +445,11 @@ class SessionCacheServicer(pb_grpc.SessionCacheServicer):
                         await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
             finally:
                 abandon.cancel()
+            if not future.done():
+                # Abandoned at shutdown: the session stays in use until its work
+                # ends, so close_all() forgets it instead of closing it under the work.
+                self.registry.acquire(state)
+                future.add_done_callback(lambda _: self.registry.release(state))
             raise
 
     def _shared_entries(self) -> list[Entry]:

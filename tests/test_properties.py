@@ -23,10 +23,11 @@ The properties:
   than INFO (no error, no traceback) and it exits 0.
 
 Example counts: each RPC gets 2,000 generated requests on SQLite, and 300 on
-PostgreSQL (plus a quarter of that of random bytes). Validation, tokens and sessions are the same code on both, so the
-full 2,000 run once; what differs by database is how the names, ranges and
-ids that pass validation are bound into SQL, which 300 examples per RPC
-cover on PostgreSQL while keeping the whole module well under a minute.
+PostgreSQL (plus a quarter of that of random bytes). Validation, tokens and
+sessions are the same code on both, so the full 2,000 run once; what differs
+by database is how the names, ranges and ids that pass validation are bound
+into SQL, which 300 examples per RPC cover on PostgreSQL while keeping the
+whole module well under a minute.
 The table-driven cases for each documented bad input are in
 ``tests/test_bad_input.py``; this module does not repeat them.
 """
