@@ -133,8 +133,13 @@ async def start(settings: config.Settings, engine: Engine) -> Running:
     tokens_by_digest = auth.load_tokens(settings.auth_tokens_file, settings.auth_tokens)
     inspector = Inspector(hash_sessions=bool(tokens_by_digest))
     factory = sessionmaker(engine, expire_on_commit=False, autoflush=False)
+    executor = ThreadPoolExecutor(settings.db_workers, thread_name_prefix=DB_THREAD_PREFIX)
     registry = SessionRegistry(
-        factory, limits=settings.limits(), observer=inspector, label=inspector.label
+        factory,
+        limits=settings.limits(),
+        observer=inspector,
+        label=inspector.label,
+        closer=executor.submit,
     )
     backend, arguments = settings.shared_region()
     regions = make_regions(
@@ -154,7 +159,6 @@ async def start(settings: config.Settings, engine: Engine) -> Running:
     query_cache = QueryCache(regions)
     query_cache.listen(factory)
     tokens = PageTokens(settings.page_token_secret)
-    executor = ThreadPoolExecutor(settings.db_workers, thread_name_prefix=DB_THREAD_PREFIX)
     servicer = SessionCacheServicer(
         registry,
         PersonService(registry, query_cache, tokens),

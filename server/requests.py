@@ -28,6 +28,7 @@ MAX_ID_VIOLATIONS = 10
 DEFAULT_PERSONS_PAGE = 50
 DEFAULT_KEYS_PAGE = 100
 MAX_PAGE = 1000
+_VIEWS = frozenset(pb.PersonView.values())
 
 
 def session_id_from(metadata: Iterable[tuple[str, str | bytes]] | None) -> str | None:
@@ -83,7 +84,7 @@ def persons_request(request: pb.QueryPersonsRequest, tokens: PageTokens) -> Pers
         if len(bad) > MAX_ID_VIOLATIONS:
             more = len(bad) - MAX_ID_VIOLATIONS
             violations.append(("ids", f"{more} more ids not between 1 and {MAX_ID}"))
-    if request.view not in pb.PersonView.values():
+    if request.view not in _VIEWS:
         violations.append(("view", f"unknown value {request.view}"))
     size = DEFAULT_PERSONS_PAGE
     try:

@@ -59,6 +59,9 @@ _STATUS_NAMES = {
     pb.CACHE_STATUS_MISS: "MISS",
     pb.CACHE_STATUS_BYPASS: "BYPASS",
 }
+#: Validated QueryPersons requests remembered (see ``_validated``).
+KNOWN_REQUESTS = 10_000
+
 #: ListCacheKeys ``region`` value listing the session's entries and the shared region's.
 ALL_REGIONS = "*"
 _ORDERS = {
@@ -91,6 +94,7 @@ class SessionCacheServicer(pb_grpc.SessionCacheServicer):
         self.inspector = inspector
         self.watch_buffer = watch_buffer
         self._abandon = asyncio.Event()
+        self._known_requests: dict[bytes, requests.PersonsRequest] = {}
 
     def abandon_database_work(self) -> None:
         """Shutting down past the grace period: cancelled calls stop waiting for
@@ -103,7 +107,7 @@ class SessionCacheServicer(pb_grpc.SessionCacheServicer):
         self, request: pb.QueryPersonsRequest, context: Context
     ) -> pb.QueryPersonsResponse:
         session_id = self._session_id(context)
-        persons = requests.persons_request(request, self.tokens)
+        persons = self._validated(request)
         served = None
         if session_id is not None and not persons.bypass_cache:
             # The fast path: with the session's lock free, nothing can use the
@@ -350,6 +354,22 @@ class SessionCacheServicer(pb_grpc.SessionCacheServicer):
             subscription.close()
 
     # -- the shape every call shares -----------------------------------------------
+
+    def _validated(self, request: pb.QueryPersonsRequest) -> requests.PersonsRequest:
+        """The validated form of ``request``, remembered by its bytes.
+
+        Validation is pure (the same bytes always validate the same), and
+        clients repeat requests: a repeat skips validation, token checks and
+        building the query value.
+        """
+        raw = request.SerializeToString()
+        persons = self._known_requests.get(raw)
+        if persons is None:
+            persons = requests.persons_request(request, self.tokens)
+            if len(self._known_requests) >= KNOWN_REQUESTS:
+                self._known_requests.clear()
+            self._known_requests[raw] = persons
+        return persons
 
     def _session_id(self, context: Context) -> str | None:
         session_id = requests.session_id_from(context.invocation_metadata())

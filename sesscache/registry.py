@@ -129,7 +129,9 @@ class SessionRegistry:
     ``session_factory`` makes a new Session (a ``sessionmaker``); the
     registry gives each one a :class:`SessionStore` bounded by ``limits``.
     ``observer`` is told of evictions, expiries and ended sessions; ``label``
-    names a session in log lines (a hash, when session ids are secrets).
+    names a session in log lines (a hash, when session ids are secrets);
+    ``closer`` runs the closing of ended Sessions (a server passes its worker
+    pool's ``submit``, so closing a big session never holds the event loop).
     """
 
     def __init__(
@@ -139,11 +141,14 @@ class SessionRegistry:
         limits: Limits | None = None,
         observer: RegistryObserver | None = None,
         label: Callable[[ScopeKey], str] | None = None,
+        closer: Callable[[Callable[[], None]], object] | None = None,
     ) -> None:
         self.limits = limits or Limits()
         self.observer = observer
         #: How a session is named in log lines (default: its id).
         self.label: Callable[[ScopeKey], str] = label or (lambda key: key[1])
+        #: Runs the closing of an ended Session (default: at once, in place).
+        self.closer = closer
         self._factory = session_factory
         # scoped_session only ever calls its factory, so a plain callable
         # that adds the bounded store to each new Session serves.
@@ -356,6 +361,20 @@ class SessionRegistry:
 
     # -- internals -----------------------------------------------------------
 
+    def _close(self, session: Session, store: SessionStore | None) -> None:
+        def close() -> None:
+            if store is not None:
+                store.clear()
+            session.close()
+
+        if self.closer is None:
+            close()
+            return
+        try:
+            self.closer(close)
+        except RuntimeError:  # the closer has shut down: close here
+            close()
+
     def _make_room(self) -> None:
         if len(self._states) < self.limits.max_sessions:
             return
@@ -387,10 +406,13 @@ class SessionRegistry:
         try:
             if self.scoped.registry.has():
                 session = self.scoped()
+                # Forget it now (a new call with the same id gets a new
+                # Session); close it, which may take a while for a big one,
+                # wherever the closer runs it.
+                self.scoped.registry.clear()
                 store = store_for(session, create=False)
-                if store is not None:
-                    dropped = len(store.clear())
-                self.scoped.remove()
+                dropped = len(store) if store is not None else 0
+                self._close(session, store)
         finally:
             _scope.reset(token)
         state.store = None
