@@ -26,7 +26,6 @@ import time
 from dataclasses import dataclass
 
 from sqlalchemy.orm import Session
-from sqlalchemy.util import LRUCache
 
 from server.paging import PageTokens
 from server.requests import PersonsRequest, persons_next_token
@@ -69,7 +68,8 @@ class PersonService:
         self.query_cache = query_cache
         self.tokens = tokens
         # The cache key of each query shape seen, so a hit needs no statement.
-        self._keys: LRUCache[object, str] = LRUCache(known_queries)
+        self._keys: dict[object, str] = {}
+        self._known_queries = known_queries
 
     # -- event loop ------------------------------------------------------------
 
@@ -78,8 +78,15 @@ class PersonService:
         key = self._keys.get(request.query)
         if key is None:
             key = self.query_cache.key_for(request.query.statement()).key
-            self._keys[request.query] = key
+            self._remember_key(request.query, key)
         return key
+
+    def _remember_key(self, query: object, key: str) -> None:
+        # A plain dict, emptied when full: cheaper to read than an LRU, and
+        # forgetting only costs building a statement again.
+        if len(self._keys) >= self._known_queries:
+            self._keys.clear()
+        self._keys[query] = key
 
     def serve_hit(self, state: SessionState, request: PersonsRequest) -> Served | None:
         """The response for a hit whose rendering is cached, else None (no I/O)."""
@@ -144,7 +151,7 @@ class PersonService:
         self, session: Session, query: object, key: str, response: pb.QueryPersonsResponse
     ) -> CachedResult | None:
         """Keep the rendered response on the entry, for :meth:`serve_hit`."""
-        self._keys[query] = key
+        self._remember_key(query, key)
         store = store_for(session, create=False)
         entry = store.peek(key) if store is not None else None
         if entry is None or not isinstance(entry.value.payload, CachedResult):
