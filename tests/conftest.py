@@ -121,6 +121,17 @@ def session_id() -> str:
     return f"test-{uuid.uuid4().hex[:16]}"
 
 
+@pytest.fixture(scope="module")
+def pg_database(postgres: PostgresServer) -> Iterator[tuple[str, str]]:
+    """(SQLAlchemy URL, psycopg conninfo) of a fresh PostgreSQL database for the module."""
+    database = f"t_{uuid.uuid4().hex[:12]}"
+    url = postgres.create_database(database)
+    try:
+        yield url, postgres.conninfo(database)
+    finally:
+        postgres.drop_database(database)
+
+
 @pytest.fixture(scope="session")
 def redis_server() -> Iterator[RedisServer]:
     """A throwaway Redis server for the whole run."""

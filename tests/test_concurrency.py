@@ -24,34 +24,23 @@ import threading
 import time
 import uuid
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
-from typing import Any
 
 import grpc
-import psycopg
 import pytest
 
 from client import Client, DeadlineExceeded, Session
 from sesscache.registry import SessionRegistry
 from sesscache.v1 import sesscache_pb2 as pb
 from sesscache.v1 import sesscache_pb2_grpc as pb_grpc
-from tests.support.postgres import PostgresServer
+from tests.support.polling import wait_until
+from tests.support.postgres import table_locked, waiting_on_lock
 from tests.support.servers import ServerThread
 
 LOCAL = "local_session"
 THREADS = 32
 MakeServer = Callable[..., ServerThread]
-
-
-def wait_until(check: Callable[[], object], *, timeout: float = 10.0, what: str = "") -> None:
-    """Poll ``check`` until it is truthy; fail after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    while not check():
-        if time.monotonic() > deadline:
-            pytest.fail(f"not within {timeout}s: {what or check}")
-        time.sleep(0.01)
 
 
 def name(number: int) -> str:
@@ -128,39 +117,6 @@ def test_32_clients_hammer_one_session_and_a_session_each(
 
 
 # -- a slow database ------------------------------------------------------------------------
-
-
-@contextmanager
-def table_locked(conninfo: str, table: str = "person") -> Iterator[psycopg.Connection[Any]]:
-    """Hold ``LOCK TABLE ... IN ACCESS EXCLUSIVE MODE`` in an open transaction."""
-    with psycopg.connect(conninfo) as connection:
-        connection.execute(f"LOCK TABLE {table} IN ACCESS EXCLUSIVE MODE")
-        try:
-            yield connection
-        finally:
-            connection.rollback()
-
-
-def waiting_on_lock(conninfo: str, table: str = "person") -> int:
-    """Backends waiting for a lock on ``table``."""
-    with psycopg.connect(conninfo, autocommit=True) as connection:
-        row = connection.execute(
-            "SELECT count(*) FROM pg_locks WHERE NOT granted AND relation = %s::regclass",
-            (table,),
-        ).fetchone()
-    assert row is not None
-    return int(row[0])
-
-
-@pytest.fixture(scope="module")
-def pg_database(postgres: PostgresServer) -> Iterator[tuple[str, str]]:
-    """(SQLAlchemy URL, psycopg conninfo) of a PostgreSQL database for this module."""
-    database = f"t_conc_{uuid.uuid4().hex[:8]}"
-    url = postgres.create_database(database)
-    try:
-        yield url, postgres.conninfo(database)
-    finally:
-        postgres.drop_database(database)
 
 
 @pytest.mark.postgres

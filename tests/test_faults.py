@@ -26,14 +26,12 @@ import threading
 import time
 import uuid
 from collections import Counter
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import grpc
-import psycopg
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from sqlalchemy import create_engine, func, select, text
@@ -41,21 +39,13 @@ from sqlalchemy import create_engine, func, select, text
 from client import Client, SesscacheError, SessionNotFound, Unavailable
 from sesscache.models import Base
 from sesscache.v1 import sesscache_pb2 as pb
-from tests.support.postgres import PostgresServer
+from tests.support.polling import wait_until
+from tests.support.postgres import PostgresServer, table_locked, waiting_on_lock
 from tests.support.servers import ServerProcess
 
 GRACE = 5.0
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
-
-
-def wait_until(check: Callable[[], object], *, timeout: float = 10.0, what: str = "") -> None:
-    """Poll ``check`` until it is truthy; fail after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    while not check():
-        if time.monotonic() > deadline:
-            pytest.fail(f"not within {timeout}s: {what or check}")
-        time.sleep(0.02)
 
 
 def server_process(
@@ -230,31 +220,12 @@ def test_sigterm_under_load_drains_refuses_and_exits_0(database_url: str) -> Non
     assert not [line for line in process.lines if " ERROR " in line or " WARNING " in line]
 
 
-@contextmanager
-def table_locked(conninfo: str, table: str = "person") -> Iterator[psycopg.Connection[Any]]:
-    """Hold ``LOCK TABLE ... IN ACCESS EXCLUSIVE MODE`` in an open transaction."""
-    with psycopg.connect(conninfo) as connection:
-        connection.execute(f"LOCK TABLE {table} IN ACCESS EXCLUSIVE MODE")
-        try:
-            yield connection
-        finally:
-            connection.rollback()
-
-
-def waiting_on_lock(conninfo: str, table: str = "person") -> int:
-    """Backends waiting for a lock on ``table``."""
-    with psycopg.connect(conninfo, autocommit=True) as connection:
-        row = connection.execute(
-            "SELECT count(*) FROM pg_locks WHERE NOT granted AND relation = %s::regclass",
-            (table,),
-        ).fetchone()
-    assert row is not None
-    return int(row[0])
-
-
 @pytest.fixture
 def pg_database(postgres: PostgresServer) -> Iterator[tuple[str, str]]:
-    """(SQLAlchemy URL, psycopg conninfo) of a fresh PostgreSQL database."""
+    """(SQLAlchemy URL, psycopg conninfo) of a fresh PostgreSQL database for each test.
+
+    Overrides the module-wide one of conftest: these tests kill servers mid-call.
+    """
     database = f"t_faults_{uuid.uuid4().hex[:8]}"
     url = postgres.create_database(database)
     try:

@@ -25,12 +25,9 @@ from __future__ import annotations
 import logging
 import threading
 import time
-import uuid
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from typing import Any, ClassVar
 
-import psycopg
 import pytest
 from dogpile.cache import register_backend
 
@@ -38,20 +35,12 @@ from client import Client, ResourceExhausted, Session, SessionNotFound
 from sesscache.backend import SessionStore, SharedMemoryBackend, digest_of
 from sesscache.registry import SessionRegistry
 from sesscache.v1 import sesscache_pb2 as pb
-from tests.support.postgres import PostgresServer
+from tests.support.polling import wait_until
+from tests.support.postgres import table_locked, waiting_on_lock
 from tests.support.servers import ServerThread
 
 LOCAL = "local_session"
 MakeServer = Callable[..., ServerThread]
-
-
-def wait_until(check: Callable[[], object], *, timeout: float = 10.0, what: str = "") -> None:
-    """Poll ``check`` until it is truthy; fail after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    while not check():
-        if time.monotonic() > deadline:
-            pytest.fail(f"not within {timeout}s: {what or check}")
-        time.sleep(0.01)
 
 
 def local_keys(session: Session) -> list[str]:
@@ -133,39 +122,6 @@ def test_any_call_counts_as_use_for_the_lru_order(
         assert len(local_keys(a)) == 1
         with pytest.raises(SessionNotFound):
             b.list_cache_keys()
-
-
-@contextmanager
-def table_locked(conninfo: str, table: str = "person") -> Iterator[psycopg.Connection[Any]]:
-    """Hold ``LOCK TABLE ... IN ACCESS EXCLUSIVE MODE`` in an open transaction."""
-    with psycopg.connect(conninfo) as connection:
-        connection.execute(f"LOCK TABLE {table} IN ACCESS EXCLUSIVE MODE")
-        try:
-            yield connection
-        finally:
-            connection.rollback()
-
-
-def waiting_on_lock(conninfo: str, table: str = "person") -> int:
-    """Backends waiting for a lock on ``table``."""
-    with psycopg.connect(conninfo, autocommit=True) as connection:
-        row = connection.execute(
-            "SELECT count(*) FROM pg_locks WHERE NOT granted AND relation = %s::regclass",
-            (table,),
-        ).fetchone()
-    assert row is not None
-    return int(row[0])
-
-
-@pytest.fixture(scope="module")
-def pg_database(postgres: PostgresServer) -> Iterator[tuple[str, str]]:
-    """(SQLAlchemy URL, psycopg conninfo) of a PostgreSQL database for this module."""
-    name = f"t_limits_{uuid.uuid4().hex[:8]}"
-    url = postgres.create_database(name)
-    try:
-        yield url, postgres.conninfo(name)
-    finally:
-        postgres.drop_database(name)
 
 
 @pytest.mark.postgres

@@ -16,6 +16,7 @@ import pytest
 
 from client import Client, Unavailable
 from sesscache.v1 import sesscache_pb2 as pb
+from tests.support.polling import wait_until
 from tests.support.postgres import PostgresServer
 from tests.support.servers import ServerProcess, ServerThread
 
@@ -27,16 +28,6 @@ def restartable(postgres: PostgresServer) -> PostgresServer:
     if not postgres.can_restart:
         pytest.skip("the test PostgreSQL is external and cannot be stopped")
     return postgres
-
-
-def _wait_until(check: Callable[[], bool], timeout: float, interval: float = 0.1) -> float:
-    """Seconds until ``check()`` is true; fails after ``timeout``."""
-    started = time.monotonic()
-    while not check():
-        if time.monotonic() - started > timeout:
-            pytest.fail(f"condition not met within {timeout}s")
-        time.sleep(interval)
-    return time.monotonic() - started
 
 
 def test_outage_serves_hits_refuses_misses_and_recovers(
@@ -89,7 +80,7 @@ def test_outage_serves_hits_refuses_misses_and_recovers(
                 return False
             return True
 
-        _wait_until(recovered, timeout=30)
+        wait_until(recovered, timeout=30, what="the service to recover", interval=0.1)
         mark("service recovered")
         after = cached.query_persons(name="person 11")
         assert after.cache_status == pb.CACHE_STATUS_MISS
@@ -132,7 +123,7 @@ def test_startup_waits_for_the_database(restartable: PostgresServer) -> None:
         ]
     ).start(wait=False)
     try:
-        _wait_until(lambda: "database unreachable" in process.log(), timeout=30)
+        wait_until(lambda: "database unreachable" in process.log(), timeout=30)
         restartable.start_again()
         process.wait_serving(60)
         with Client(process.target, timeout=20) as client:

@@ -34,6 +34,7 @@ import socket
 import stat
 import subprocess
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 from types import TracebackType
 from typing import IO, Literal, Self
@@ -743,3 +744,31 @@ def _traversable_by_others(path: Path) -> bool:
 
 def _conf_quote(value: str) -> str:
     return "'" + value.replace("\\", "\\\\").replace("'", "''") + "'"
+
+
+@contextlib.contextmanager
+def table_locked(conninfo: str, table: str = "person") -> Iterator[psycopg.Connection[TupleRow]]:
+    """Hold ``LOCK TABLE ... IN ACCESS EXCLUSIVE MODE`` in an open transaction.
+
+    Every statement on ``table`` waits meanwhile: a database that is slow for
+    whoever touches that table, and only for them.
+    """
+    with psycopg.connect(conninfo) as connection:
+        connection.execute(
+            sql.SQL("LOCK TABLE {} IN ACCESS EXCLUSIVE MODE").format(sql.Identifier(table))
+        )
+        try:
+            yield connection
+        finally:
+            connection.rollback()
+
+
+def waiting_on_lock(conninfo: str, table: str = "person") -> int:
+    """How many backends wait for a lock on ``table``."""
+    with psycopg.connect(conninfo, autocommit=True) as connection:
+        row = connection.execute(
+            "SELECT count(*) FROM pg_locks WHERE NOT granted AND relation = %s::regclass",
+            (table,),
+        ).fetchone()
+    assert row is not None
+    return int(row[0])
