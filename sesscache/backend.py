@@ -39,7 +39,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, Protocol
 
 from dogpile.cache import register_backend as _dogpile_register_backend
 from dogpile.cache.api import NO_VALUE, CacheBackend, CachedValue, CacheMutex, NoValue
@@ -92,9 +92,12 @@ class Description:
     expiration_time: float | None = None
 
 
-@runtime_checkable
 class Describable(Protocol):
-    """A payload that can describe itself (see :class:`sesscache.caching.CachedResult`)."""
+    """A payload that can describe itself (see :class:`sesscache.caching.CachedResult`).
+
+    The stores read ``describe`` by duck typing (an ``isinstance`` check
+    against a runtime protocol costs more than the rest of a store).
+    """
 
     def describe(self) -> Description: ...
 
