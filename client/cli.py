@@ -505,29 +505,10 @@ def _add_query_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentPa
         "query", help="query persons through a session's cache", description=cmd_query.__doc__
     )
     _add_session_argument(parser)
-    parser.add_argument("--name", default="", metavar="N", help="exact name, e.g. 'person 10'")
-    parser.add_argument("--first", default="", metavar="A", help="lowest name of a name range")
-    parser.add_argument("--last", default="", metavar="B", help="highest name of a name range")
-    parser.add_argument(
-        "--id",
-        dest="ids",
-        type=int,
-        nargs="+",
-        action="extend",
-        default=[],
-        metavar="N",
-        help="only these ids (repeatable)",
-    )
+    _add_query_filters(parser)
     parser.add_argument(
         "--bypass-cache", action="store_true", help="neither read nor write the cache"
     )
-    parser.add_argument(
-        "--page-size", type=int, default=0, metavar="N", help="persons per page (0: default)"
-    )
-    parser.add_argument(
-        "--page-token", default="", metavar="T", help="next page token of a previous query"
-    )
-    parser.add_argument("--basic", action="store_true", help="ids and names only, no addresses")
     parser.set_defaults(handler=cmd_query)
 
 
