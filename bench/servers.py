@@ -9,7 +9,6 @@ reports the process's CPU time and resident memory (psutil).
 
 from __future__ import annotations
 
-import ctypes
 import os
 import re
 import signal
@@ -24,15 +23,9 @@ from typing import Self
 
 import psutil
 
+from server.child import die_with_parent, serving_port
+
 ROOT = Path(__file__).resolve().parents[1]
-_SERVING = re.compile(r"serving on (\S+):(\d+)")
-
-
-def _die_with_parent() -> None:
-    """In the child, before exec: get SIGTERM when the bench process dies (Linux)."""
-    if sys.platform.startswith("linux"):
-        pr_set_pdeathsig = 1
-        ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGTERM)
 
 
 class Child:
@@ -67,14 +60,14 @@ class Child:
                 stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=subprocess.STDOUT,
-                preexec_fn=_die_with_parent,  # noqa: PLW1509 (no threads run yet)
+                preexec_fn=die_with_parent,  # noqa: PLW1509 (no threads run yet)
             )
         self._ps = psutil.Process(self._process.pid)
         deadline = time.monotonic() + timeout
         while self.port is None:
-            match = _SERVING.search(self.log_path.read_text(errors="replace"))
-            if match:
-                self.port = int(match.group(2))
+            port = serving_port(self.log_path.read_text(errors="replace"))
+            if port is not None:
+                self.port = port
                 break
             if self._process.poll() is not None:
                 raise RuntimeError(

@@ -30,8 +30,8 @@ from types import TracebackType
 from typing import Self
 
 from scale.nginx import ROOT, Nginx
+from server.child import serving_port
 
-_SERVING = re.compile(r"serving on (\S+):(\d+)")
 _CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
 
@@ -105,9 +105,7 @@ class Replica:
         """Whether the log says it serves (and so its port is known)."""
         if self.port is not None:
             return True
-        match = _SERVING.search(self.log())
-        if match is not None:
-            self.port = int(match.group(2))
+        self.port = serving_port(self.log())
         return self.port is not None
 
     def log(self) -> str:

@@ -12,7 +12,6 @@ the process (psutil); :meth:`ServerChild.metrics` reads ``/metrics``.
 from __future__ import annotations
 
 import collections
-import ctypes
 import os
 import re
 import signal
@@ -29,9 +28,10 @@ from typing import Self
 import psutil
 from prometheus_client.parser import text_string_to_metric_families
 
+from server.child import SERVING_LINE, die_with_parent
+
 ROOT = Path(__file__).resolve().parents[1]
 
-_SERVING = re.compile(r"sesscache serving on (\S+):(\d+)")
 _METRICS = re.compile(r"metrics on http://(\S+):(\d+)/metrics")
 #: Debug lines of sesscache.registry and sesscache.backend, by what they count.
 EVENTS = {
@@ -40,13 +40,6 @@ EVENTS = {
     "entries_evicted": re.compile(r"sesscache\.backend: cache entry \S+ evicted"),
     "entries_expired": re.compile(r"sesscache\.backend: cache entry \S+ expired"),
 }
-
-
-def _die_with_parent() -> None:
-    """In the child, before exec: get SIGTERM if the soak process dies (Linux)."""
-    if sys.platform.startswith("linux"):
-        pr_set_pdeathsig = 1
-        ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGTERM)
 
 
 class ServerChild:
@@ -93,7 +86,7 @@ class ServerChild:
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             text=True,
-            preexec_fn=_die_with_parent,  # noqa: PLW1509 - only sets a signal, no locks
+            preexec_fn=die_with_parent,  # noqa: PLW1509 - only sets a signal, no locks
         )
         self._ps = psutil.Process(self._process.pid)
         self._reader = threading.Thread(target=self._read, name="server-log", daemon=True)
@@ -125,7 +118,7 @@ class ServerChild:
                 continue
             if " ERROR " in line or " CRITICAL " in line or line.startswith("Traceback"):
                 self.problems.append(line)
-            if self.port is None and (match := _SERVING.search(line)):
+            if self.port is None and (match := SERVING_LINE.search(line)):
                 self.port = int(match.group(2))
             if self.metrics_port is None and (match := _METRICS.search(line)):
                 self.metrics_port = int(match.group(2))

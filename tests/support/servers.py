@@ -13,7 +13,6 @@ import asyncio
 import dataclasses
 import functools
 import os
-import re
 import signal
 import subprocess
 import sys
@@ -25,6 +24,7 @@ from types import TracebackType
 from typing import Any, Self, TypeVar
 
 from server import app, config
+from server.child import SERVING_LINE
 
 T = TypeVar("T")
 ROOT = Path(__file__).resolve().parents[2]
@@ -79,9 +79,6 @@ class ServerThread:
         tb: TracebackType | None,
     ) -> None:
         self.stop()
-
-
-_SERVING = re.compile(r"serving on (\S+):(\d+)")
 
 
 class ServerProcess:
@@ -142,7 +139,7 @@ class ServerProcess:
         assert self._process.stdout is not None
         for line in self._process.stdout:
             self.lines.append(line.rstrip("\n"))
-            match = _SERVING.search(line)
+            match = SERVING_LINE.search(line)
             if match and self.port is None:
                 self.port = int(match.group(2))
                 self._ready.set()
