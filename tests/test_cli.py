@@ -18,17 +18,8 @@ import pytest
 
 from client import SERVICE_NAME, Client
 from client.cli import EXIT_ERROR, EXIT_OK, EXIT_USAGE, main
+from tests.support.cli import run_cli as _cli
 from tests.support.servers import ROOT, ServerThread
-
-
-def _cli(
-    capsys: pytest.CaptureFixture[str], server: ServerThread, *args: str
-) -> tuple[int, str, str]:
-    """Run the tool in-process against ``server``: (exit status, stdout, stderr)."""
-    capsys.readouterr()
-    status = main(["--target", server.target, "--timeout", "20", *args])
-    out, err = capsys.readouterr()
-    return status, out, err
 
 
 def _run(*args: str) -> subprocess.CompletedProcess[str]:

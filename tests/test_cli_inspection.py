@@ -22,6 +22,7 @@ from client import Client
 from client.cli import EXIT_ERROR, EXIT_OK, EXIT_USAGE, main
 from sesscache.fixtures import person_name
 from tests.conftest import settings_for
+from tests.support.cli import run_cli as cli
 from tests.support.servers import ServerThread
 
 MakeServer = Callable[..., ServerThread]
@@ -37,16 +38,6 @@ def server(sqlite_url: str) -> Iterator[ServerThread]:
     """The module's server (SQLite: the commands do not depend on the database)."""
     with ServerThread(settings_for(sqlite_url)) as running:
         yield running
-
-
-def cli(
-    capsys: pytest.CaptureFixture[str], server: ServerThread, *args: str
-) -> tuple[int, str, str]:
-    """Run the tool in-process against ``server``: (exit status, stdout, stderr)."""
-    capsys.readouterr()
-    status = main(["--target", server.target, "--timeout", "20", *args])
-    out, err = capsys.readouterr()
-    return status, out, err
 
 
 def table(out: str) -> dict[str, list[str]]:

@@ -1,0 +1,18 @@
+"""Running the command-line tool in-process against a test server."""
+
+from __future__ import annotations
+
+import pytest
+
+from client.cli import main
+from tests.support.servers import ServerThread
+
+
+def run_cli(
+    capsys: pytest.CaptureFixture[str], server: ServerThread, *args: str
+) -> tuple[int, str, str]:
+    """``python -m client ARGS`` in-process against ``server``: (status, stdout, stderr)."""
+    capsys.readouterr()
+    status = main(["--target", server.target, "--timeout", "20", *args])
+    out, err = capsys.readouterr()
+    return status, out, err
