@@ -158,7 +158,7 @@ async def start(settings: config.Settings, engine: Engine) -> Running:
         )
     query_cache = QueryCache(regions)
     query_cache.listen(factory)
-    tokens = PageTokens(settings.page_token_secret)
+    tokens = PageTokens(settings.effective_secret())
     servicer = SessionCacheServicer(
         registry,
         PersonService(registry, query_cache, tokens),
@@ -169,7 +169,8 @@ async def start(settings: config.Settings, engine: Engine) -> Running:
         watch_buffer=settings.watch_buffer,
     )
 
-    metrics = Metrics(inspector, registry) if settings.metrics_listen else None
+    http_listen = settings.effective_http_listen()
+    metrics = Metrics(inspector, registry) if http_listen else None
     interceptors: list[grpc.aio.ServerInterceptor] = [  # type: ignore[type-arg]
         AccessLogInterceptor(
             hash_sessions=bool(tokens_by_digest),
@@ -203,12 +204,12 @@ async def start(settings: config.Settings, engine: Engine) -> Running:
     await server.start()
     if metrics is not None:
         try:
-            metrics_port = metrics.serve(settings.metrics_listen)
+            metrics_port = metrics.serve(http_listen)
         except OSError as error:
             await server.stop(0)
             executor.shutdown()
-            raise OSError(f"cannot serve metrics on {settings.metrics_listen}: {error}") from None
-        host = settings.metrics_listen.rpartition(":")[0] or "127.0.0.1"
+            raise OSError(f"cannot serve HTTP on {http_listen}: {error}") from None
+        host = http_listen.rpartition(":")[0] or "127.0.0.1"
         log.info("metrics on http://%s:%d/metrics", host, metrics_port)
     for name in ("", SERVICE_NAME):
         await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)

@@ -102,14 +102,44 @@ class Settings:
         "events buffered per WatchCacheEvents subscriber; a slower reader loses events",
         default=1000,
     )
-    metrics_listen: str = _opt(
-        "serve Prometheus metrics at http://HOST:PORT/metrics (empty: off)", default=""
+    max_sessions_per_principal: int = _opt(
+        "live sessions one principal may hold; at the quota its least recently used idle "
+        "session is ended",
+        default=10_000,
     )
-    page_token_secret: str = _opt(
-        "secret signing page tokens; set the same on replicas behind one proxy "
-        "(default: random per process)",
+    max_watchers: int = _opt(
+        "WatchCacheEvents streams open at once, server-wide", default=64
+    )
+    max_watchers_per_principal: int = _opt(
+        "WatchCacheEvents streams one principal may have open at once", default=8
+    )
+    max_concurrent_streams: int = _opt(
+        "concurrent calls (HTTP/2 streams) one client connection may have open", default=100
+    )
+    max_concurrent_rpcs: int = _opt(
+        "calls the server runs at once; more are refused with RESOURCE_EXHAUSTED", default=4096
+    )
+    max_response_bytes: int = _opt(
+        "bytes a listing or invalidation response may hold; longer pages end early and "
+        "the next page token carries on",
+        default=1024 * 1024,
+    )
+    http_listen: str = _opt(
+        "serve /metrics and /healthz over HTTP at HOST:PORT (empty: off)", default=""
+    )
+    metrics_listen: str = _opt("alias of --http-listen (kept for existing set-ups)", default="")
+    http_max_connections: int = _opt(
+        "HTTP connections open at once; more are closed at once", default=256
+    )
+    http_idle_timeout: float = _opt(
+        "seconds an HTTP connection may stay silent before it is closed", default=10.0
+    )
+    secret: str = _opt(
+        "server secret: signs page tokens and keys the session-id hashes in logs and "
+        "listings; set the same on replicas behind one proxy (default: random per process)",
         default="",
     )
+    page_token_secret: str = _opt("alias of --secret (kept for existing set-ups)", default="")
 
     # -- derived ----------------------------------------------------------------
 
@@ -129,6 +159,13 @@ class Settings:
             "pool_size",
             "max_sessions",
             "watch_buffer",
+            "max_sessions_per_principal",
+            "max_watchers",
+            "max_watchers_per_principal",
+            "max_concurrent_streams",
+            "max_concurrent_rpcs",
+            "max_response_bytes",
+            "http_max_connections",
         )
         for name in positive:
             if getattr(self, name) < 1:
@@ -143,6 +180,14 @@ class Settings:
         if self.tls_client_ca and not self.tls_cert:
             raise ValueError("tls_client_ca needs tls_cert and tls_key")
         self.shared_region()
+
+    def effective_http_listen(self) -> str:
+        """Where the HTTP server listens: ``http_listen``, else its alias ``metrics_listen``."""
+        return self.http_listen or self.metrics_listen
+
+    def effective_secret(self) -> str:
+        """The server secret: ``secret``, else its alias ``page_token_secret`` ("": random)."""
+        return self.secret or self.page_token_secret
 
     def effective_database_url(self) -> str:
         if self.database_url:
