@@ -12,9 +12,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import logging
 import os
 import signal
+import socket
 import sys
 import threading
 import time
@@ -28,13 +30,14 @@ from dogpile.cache.region import CacheRegion
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from sqlalchemy import Engine, make_url
-from sqlalchemy.exc import ArgumentError, NoSuchModuleError
+from sqlalchemy.exc import ArgumentError, DatabaseError, NoSuchModuleError
 from sqlalchemy.orm import sessionmaker
 
 from server import auth, config
 from server.health import DrainingHealthServicer
 from server.inspection import Inspector
 from server.interceptors import AccessLogInterceptor, ErrorInterceptor
+from server.keys import ServerKeys
 from server.metrics import Metrics
 from server.paging import PageTokens
 from server.service import PersonService
@@ -131,7 +134,11 @@ class Running:
 async def start(settings: config.Settings, engine: Engine) -> Running:
     """Start serving on ``settings.listen`` (port 0 picks a free port)."""
     tokens_by_digest = auth.load_tokens(settings.auth_tokens_file, settings.auth_tokens)
-    inspector = Inspector(hash_sessions=bool(tokens_by_digest))
+    keys = ServerKeys(settings.effective_secret())
+    # With authentication on, a session id is a capability: logs and listings
+    # show a keyed hash of it instead.
+    label = keys.session_label if tokens_by_digest else None
+    inspector = Inspector(label=label)
     factory = sessionmaker(engine, expire_on_commit=False, autoflush=False)
     executor = ThreadPoolExecutor(settings.db_workers, thread_name_prefix=DB_THREAD_PREFIX)
     registry = SessionRegistry(
@@ -140,25 +147,12 @@ async def start(settings: config.Settings, engine: Engine) -> Running:
         observer=inspector,
         label=inspector.label,
         closer=executor.submit,
+        handle=keys.session_handle,
     )
-    backend, arguments = settings.shared_region()
-    regions = make_regions(
-        registry.current_session,
-        RegionSettings(
-            local_expiration=_expiration(settings.local_expiration),
-            shared_backend=backend,
-            shared_arguments=arguments,
-            shared_expiration=_expiration(settings.shared_region_expiration),
-        ),
-    )
-    shared = regions[SHARED_REGION].backend
-    if isinstance(shared, SharedMemoryBackend):
-        shared.store.on_removal = lambda entry, reason: inspector.entry_removed(
-            SHARED_SCOPE, entry, reason
-        )
+    regions = _regions(settings, registry, inspector)
     query_cache = QueryCache(regions)
     query_cache.listen(factory)
-    tokens = PageTokens(settings.effective_secret())
+    tokens = PageTokens(keys.page_tokens)
     servicer = SessionCacheServicer(
         registry,
         PersonService(registry, query_cache, tokens),
@@ -167,20 +161,18 @@ async def start(settings: config.Settings, engine: Engine) -> Running:
         regions=regions,
         inspector=inspector,
         watch_buffer=settings.watch_buffer,
+        max_response_bytes=settings.max_response_bytes,
     )
 
     http_listen = settings.effective_http_listen()
     metrics = Metrics(inspector, registry) if http_listen else None
     interceptors: list[grpc.aio.ServerInterceptor] = [  # type: ignore[type-arg]
-        AccessLogInterceptor(
-            hash_sessions=bool(tokens_by_digest),
-            observe=metrics.observe if metrics is not None else None,
-        )
+        AccessLogInterceptor(label=label, observe=metrics.observe if metrics is not None else None)
     ]
     if tokens_by_digest:
         interceptors.append(auth.AuthInterceptor(tokens_by_digest, protected=[SERVICE_NAME]))
-    interceptors.append(ErrorInterceptor())
-    server = grpc.aio.server(interceptors=interceptors)
+    interceptors.append(ErrorInterceptor(database=engine.url))
+    server = grpc_server(settings, interceptors)
     pb_grpc.add_SessionCacheServicer_to_server(servicer, server)
     health_servicer = DrainingHealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
@@ -200,6 +192,11 @@ async def start(settings: config.Settings, engine: Engine) -> Running:
             port = server.add_secure_port(settings.listen, credentials)
     except (RuntimeError, OSError) as error:
         executor.shutdown()
+        if address_in_use(settings.listen):
+            raise OSError(
+                f"{settings.listen} is already in use (another sesscache server?); "
+                "stop it or choose another --listen"
+            ) from None
         raise OSError(f"cannot listen on {settings.listen}: {error}") from None
     await server.start()
     if metrics is not None:
@@ -218,6 +215,64 @@ async def start(settings: config.Settings, engine: Engine) -> Running:
     )
     running.tasks.append(asyncio.create_task(_upkeep(registry, list(regions.values()))))
     return running
+
+
+def _regions(
+    settings: config.Settings, registry: SessionRegistry, inspector: Inspector
+) -> dict[str, CacheRegion]:
+    """The session-local and shared regions, their removals reported to ``inspector``."""
+    backend, arguments = settings.shared_region()
+    regions = make_regions(
+        registry.current_session,
+        RegionSettings(
+            local_expiration=_expiration(settings.local_expiration),
+            shared_backend=backend,
+            shared_arguments=arguments,
+            shared_expiration=_expiration(settings.shared_region_expiration),
+        ),
+    )
+    shared = regions[SHARED_REGION].backend
+    if isinstance(shared, SharedMemoryBackend):
+        shared.store.on_removal = lambda entry, reason: inspector.entry_removed(
+            SHARED_SCOPE, entry, reason
+        )
+    return regions
+
+
+def grpc_server(
+    settings: config.Settings,
+    interceptors: Sequence[grpc.aio.ServerInterceptor],  # type: ignore[type-arg]
+) -> grpc.aio.Server:
+    """The aio server with the settings' limits on connections and calls."""
+    return grpc.aio.server(
+        interceptors=interceptors,
+        options=[
+            # gRPC turns SO_REUSEPORT on by default: a second server on a taken
+            # port would start and share its connections at random.
+            ("grpc.so_reuseport", 0),
+            ("grpc.max_concurrent_streams", settings.max_concurrent_streams),
+        ],
+        maximum_concurrent_rpcs=settings.max_concurrent_rpcs,
+    )
+
+
+def address_in_use(listen: str) -> bool:
+    """Whether HOST:PORT is taken: a plain bind, as gRPC's does without SO_REUSEPORT."""
+    host, _, port = listen.rpartition(":")
+    host = host.strip("[]") or "0.0.0.0"  # noqa: S104 (only probed, never served)
+    try:
+        infos = socket.getaddrinfo(host, int(port), type=socket.SOCK_STREAM)
+    except (OSError, ValueError):
+        return False
+    for family, kind, protocol, _, address in infos:
+        with socket.socket(family, kind, protocol) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                probe.bind(address)
+            except OSError as error:
+                if error.errno == errno.EADDRINUSE:
+                    return True
+    return False
 
 
 def server_credentials(settings: config.Settings) -> grpc.ServerCredentials | None:
@@ -290,6 +345,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ArgumentError, NoSuchModuleError) as error:
         log.error("bad database URL %r: %s", settings.effective_database_url(), error)
         return 2
+    except DatabaseError as error:
+        corrupt = db.corrupt_database(error, make_url(settings.effective_database_url()))
+        if corrupt is None:
+            raise
+        log.error("giving up: %s", corrupt)
+        return 1
     code = 0
     with contextlib.suppress(KeyboardInterrupt):
         code = asyncio.run(serve(settings, engine))

@@ -107,9 +107,7 @@ class Settings:
         "session is ended",
         default=10_000,
     )
-    max_watchers: int = _opt(
-        "WatchCacheEvents streams open at once, server-wide", default=64
-    )
+    max_watchers: int = _opt("WatchCacheEvents streams open at once, server-wide", default=64)
     max_watchers_per_principal: int = _opt(
         "WatchCacheEvents streams one principal may have open at once", default=8
     )

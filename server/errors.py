@@ -13,16 +13,43 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterable
+from typing import Any
 
 import grpc
 from google.protobuf import any_pb2
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_status import rpc_status
+from sqlalchemy.engine import URL
 
 from sesscache import db
 from sesscache.registry import RegistryFull
 
 log = logging.getLogger(__name__)
+
+#: Characters of a client's value an error message quotes at most.
+QUOTE_LIMIT = 64
+#: Bounds on what a status carries, so trailers stay far below every client's limit
+#: (grpc-js stalls its whole connection on trailers above its 8 KiB default).
+MAX_MESSAGE = 1024
+MAX_VIOLATIONS = 12
+MAX_DESCRIPTION = 300
+MAX_FIELD = 100
+
+
+def quote(value: Any, limit: int = QUOTE_LIMIT) -> str:
+    """``value`` for an error message: its repr, cut to ``limit`` characters.
+
+    ``quote("x" * 5000)`` is ``'xxxx...' (5000 characters)``: a client's value
+    is never echoed in full.
+    """
+    text = value if isinstance(value, str) else str(value)
+    if len(text) <= limit:
+        return repr(text)
+    return f"{text[:limit]!r}... ({len(text)} characters)"
+
+
+def _bounded(text: str, limit: int) -> str:
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 class ServiceError(Exception):
@@ -44,7 +71,13 @@ class InvalidArgument(ServiceError):
     code = grpc.StatusCode.INVALID_ARGUMENT
 
     def __init__(self, violations: Iterable[tuple[str, str]]) -> None:
-        self.violations = list(violations)
+        every = list(violations)
+        self.violations = [
+            (_bounded(field, MAX_FIELD), _bounded(text, MAX_DESCRIPTION))
+            for field, text in every[:MAX_VIOLATIONS]
+        ]
+        if len(every) > MAX_VIOLATIONS:
+            self.violations.append(("request", f"{len(every) - MAX_VIOLATIONS} more violations"))
         super().__init__("; ".join(f"{field}: {text}" for field, text in self.violations))
 
     @classmethod
@@ -60,6 +93,10 @@ class Unavailable(ServiceError):
     code = grpc.StatusCode.UNAVAILABLE
 
 
+class FailedPrecondition(ServiceError):
+    code = grpc.StatusCode.FAILED_PRECONDITION
+
+
 class ResourceExhausted(ServiceError):
     code = grpc.StatusCode.RESOURCE_EXHAUSTED
 
@@ -72,10 +109,16 @@ class PermissionDenied(ServiceError):
     code = grpc.StatusCode.PERMISSION_DENIED
 
 
-def translate(error: BaseException) -> ServiceError:
-    """The :class:`ServiceError` a client should see for ``error``."""
+def translate(error: BaseException, *, database: URL | None = None) -> ServiceError:
+    """The :class:`ServiceError` a client should see for ``error``.
+
+    ``database``: the server's database, named in messages about it.
+    """
     if isinstance(error, ServiceError):
         return error
+    corrupt = db.corrupt_database(error, database)
+    if corrupt is not None:
+        return FailedPrecondition(corrupt)
     if db.is_disconnect(error):
         return Unavailable(
             "the database is unavailable right now; cached results of existing sessions are "
@@ -87,10 +130,12 @@ def translate(error: BaseException) -> ServiceError:
     return ServiceError("internal error; the server log has the details")
 
 
-def to_status(error: BaseException) -> grpc.Status:
+def to_status(error: BaseException, *, database: URL | None = None) -> grpc.Status:
     """The rich gRPC status for ``error`` (see :func:`translate`)."""
-    service_error = translate(error)
-    status = status_pb2.Status(code=_CODES[service_error.code], message=service_error.message)
+    service_error = translate(error, database=database)
+    status = status_pb2.Status(
+        code=_CODES[service_error.code], message=_bounded(service_error.message, MAX_MESSAGE)
+    )
     if isinstance(service_error, InvalidArgument):
         detail = any_pb2.Any()
         detail.Pack(
@@ -110,6 +155,7 @@ _CODES = {
     grpc.StatusCode.INVALID_ARGUMENT: code_pb2.INVALID_ARGUMENT,
     grpc.StatusCode.NOT_FOUND: code_pb2.NOT_FOUND,
     grpc.StatusCode.UNAVAILABLE: code_pb2.UNAVAILABLE,
+    grpc.StatusCode.FAILED_PRECONDITION: code_pb2.FAILED_PRECONDITION,
     grpc.StatusCode.RESOURCE_EXHAUSTED: code_pb2.RESOURCE_EXHAUSTED,
     grpc.StatusCode.UNAUTHENTICATED: code_pb2.UNAUTHENTICATED,
     grpc.StatusCode.PERMISSION_DENIED: code_pb2.PERMISSION_DENIED,

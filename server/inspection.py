@@ -14,10 +14,12 @@ their protobuf messages. Reading an entry for inspection is never an access.
 from __future__ import annotations
 
 import time
+from collections import Counter
+from collections.abc import Mapping
 
 from google.protobuf.timestamp_pb2 import Timestamp
 
-from server.interceptors import session_label
+from server.interceptors import Label
 from sesscache.backend import Entry, SessionStore, digest_of
 from sesscache.events import Event, EventBus, EventType
 from sesscache.registry import ScopeKey, SessionRegistry, SessionState
@@ -44,10 +46,16 @@ class Inspector:
     threads, so those take the counters' lock.
     """
 
-    def __init__(self, *, hash_sessions: bool = False) -> None:
-        self.hash_sessions = hash_sessions
+    def __init__(self, *, label: Label | None = None) -> None:
+        self._label: Label = label or (lambda key: key[1])
         self.counters = Counters()
         self.events = EventBus()
+        #: Times each limit was hit, by setting name (beside the registry's own).
+        self.limits_hit: Counter[str] = Counter()
+
+    def limit_hit(self, name: str) -> None:
+        """Count one hit of the limit set by setting ``name``."""
+        self.limits_hit[name] += 1
 
     # -- RegistryObserver ----------------------------------------------------
 
@@ -68,40 +76,48 @@ class Inspector:
     # -- the servicer's records ------------------------------------------------
 
     def hit(self, state: SessionState, region: str, key: str, rows: int, saved: int) -> None:
-        # Hits are only counted on the event loop: no lock needed for these two.
-        for counters in (state.counters, self.counters):
-            counters.hits += 1
-            counters.sql_statements_saved += saved
+        # Hits are only counted on the event loop: no lock needed for these.
+        for counters in (state.counters, state.principal_counters, self.counters):
+            if counters is not None:
+                counters.hits += 1
+                counters.sql_statements_saved += saved
         if self.events.active:
             self.events.publish(EventType.HIT, state.key, region=region, key=key, rows=rows)
 
     def miss(self, state: SessionState, region: str, key: str, rows: int, sql: int) -> None:
-        for counters in (state.counters, self.counters):
-            counters.add(misses=1, stores=1, sql_statements=sql)
+        for counters in (state.counters, state.principal_counters, self.counters):
+            if counters is not None:
+                counters.add(misses=1, stores=1, sql_statements=sql)
         if self.events.active:
             self.events.publish(EventType.MISS, state.key, region=region, key=key, rows=rows)
             self.events.publish(EventType.STORE, state.key, region=region, key=key, rows=rows)
 
     def bypass(self, state: SessionState, sql: int) -> None:
-        for counters in (state.counters, self.counters):
-            counters.add(sql_statements=sql)
+        for counters in (state.counters, state.principal_counters, self.counters):
+            if counters is not None:
+                counters.add(sql_statements=sql)
 
     def invalidated(
         self, state: SessionState | None, session: ScopeKey, entries: list[Entry]
     ) -> None:
         if not entries:
             return
-        targets = (self.counters,) if state is None else (state.counters, self.counters)
+        targets = (
+            (self.counters,)
+            if state is None
+            else (state.counters, state.principal_counters, self.counters)
+        )
         for counters in targets:
-            counters.add(invalidations=len(entries))
+            if counters is not None:
+                counters.add(invalidations=len(entries))
         for entry in entries:
             self.events.publish(
                 EventType.INVALIDATE, session, region=entry.region, key=entry.key, rows=entry.rows
             )
 
     def label(self, key: ScopeKey) -> str:
-        """How a session appears to inspection: its id, or a hash with auth on."""
-        return session_label(key[1], hashed=self.hash_sessions)
+        """How a session appears to inspection: its id, or a keyed hash with auth on."""
+        return self._label(key)
 
 
 def timestamp(seconds: float) -> Timestamp:
@@ -124,7 +140,7 @@ def entry_message(entry: Entry, *, live_objects: int = 0) -> pb.CacheEntry:
         parameters={name: repr(value) for name, value in description.parameters.items()},
         entity=description.entity,
         hits=entry.hits,
-        size_bytes=description.size,
+        size_bytes=entry.size,
         live_objects=live_objects,
         sql_statements=getattr(entry.value.payload, "sql_statements", 0),
     )
@@ -137,9 +153,16 @@ def entry_message(entry: Entry, *, live_objects: int = 0) -> pb.CacheEntry:
 
 
 def stats_message(
-    counters: Snapshot, *, entries: int, size_bytes: int, sessions: int = 0, ended: int = 0
+    counters: Snapshot,
+    *,
+    entries: int,
+    size_bytes: int,
+    sessions: int = 0,
+    ended: int = 0,
+    limits_hit: Mapping[str, int] | None = None,
 ) -> pb.CacheStats:
     return pb.CacheStats(
+        limits_hit=limits_hit,
         hits=counters.hits,
         misses=counters.misses,
         stores=counters.stores,
@@ -193,11 +216,5 @@ def _digest(key: str) -> str:
 
 
 def server_totals(registry: SessionRegistry) -> tuple[int, int]:
-    """(entries, approximate bytes) across every live session."""
-    entries = size = 0
-    for state in registry.states():
-        store = registry.store_of(state)
-        if store is not None:
-            entries += len(store)
-            size += store.bytes
-    return entries, size
+    """(entries, approximate bytes) across every live session: O(1), kept as they change."""
+    return registry.entries, registry.bytes

@@ -10,7 +10,6 @@ through untouched.
 from __future__ import annotations
 
 import contextvars
-import hashlib
 import inspect
 import logging
 import time
@@ -20,6 +19,7 @@ from typing import TYPE_CHECKING, Any, cast
 
 import grpc
 from grpc.aio import AbortError
+from sqlalchemy.engine import URL
 
 from server.errors import InvalidArgument, to_status
 
@@ -33,10 +33,12 @@ if TYPE_CHECKING:  # grpc-stubs' generics do not exist at run time
     StreamBehavior = Callable[[Any, Context], AsyncIterator[Any]]
 
 
-async def abort(context: Context, error: BaseException) -> None:
+async def abort(context: Context, error: BaseException, *, database: URL | None = None) -> None:
     """End the call with the status for ``error`` (raises ``AbortError``)."""
     # grpc-stubs lags grpc.aio here: abort_with_status exists since grpcio 1.38.
-    await context.abort_with_status(to_status(error))  # type: ignore[attr-defined]
+    await context.abort_with_status(  # type: ignore[attr-defined]
+        to_status(error, database=database)
+    )
 
 
 #: Told (method, status, cache status, seconds) at the end of each call.
@@ -49,19 +51,17 @@ class CallRecord:
 
     method: str
     session: str = "-"
+    principal: str = ""
     cache_status: str = "-"
+
+
+#: How a session appears in log lines: given (principal, session id).
+Label = Callable[[tuple[str, str]], str]
 
 
 _current: contextvars.ContextVar[CallRecord | None] = contextvars.ContextVar(
     "sesscache_call", default=None
 )
-
-
-def session_label(session_id: str, *, hashed: bool) -> str:
-    """How a session id appears in logs: a short hash when ``hashed``."""
-    if not hashed:
-        return session_id
-    return "h:" + hashlib.sha256(session_id.encode()).hexdigest()[:12]
 
 
 def current_call() -> CallRecord | None:
@@ -122,7 +122,11 @@ class ErrorInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
 
     It also parses requests itself, so bytes that are not a valid message are
     INVALID_ARGUMENT (grpc's own deserialization failure would be UNKNOWN).
+    ``database``: the server's database, named in messages about it.
     """
+
+    def __init__(self, *, database: URL | None = None) -> None:
+        self.database = database
 
     async def intercept_service(
         self,
@@ -133,27 +137,28 @@ class ErrorInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
         if handler is None:
             return handler
         deserialize = handler.request_deserializer
+        database = self.database
         return wrap_handler(
             handler,
-            lambda behavior: self._unary(behavior, deserialize),
-            lambda behavior: self._stream(behavior, deserialize),
+            lambda behavior: self._unary(behavior, deserialize, database),
+            lambda behavior: self._stream(behavior, deserialize, database),
             request_deserializer=None,
         )
 
     @staticmethod
-    def _unary(behavior: UnaryBehavior, deserialize: Any) -> UnaryBehavior:
+    def _unary(behavior: UnaryBehavior, deserialize: Any, database: URL | None) -> UnaryBehavior:
         async def unary(raw: Any, context: Context) -> Any:
             try:
                 return await behavior(_decode(deserialize, raw), context)
             except AbortError:
                 raise
             except Exception as error:
-                await abort(context, error)
+                await abort(context, error, database=database)
 
         return unary
 
     @staticmethod
-    def _stream(behavior: StreamBehavior, deserialize: Any) -> StreamBehavior:
+    def _stream(behavior: StreamBehavior, deserialize: Any, database: URL | None) -> StreamBehavior:
         async def stream(raw: Any, context: Context) -> AsyncIterator[Any]:
             try:
                 async for response in behavior(_decode(deserialize, raw), context):
@@ -161,7 +166,7 @@ class ErrorInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
             except AbortError:
                 raise
             except Exception as error:
-                await abort(context, error)
+                await abort(context, error, database=database)
 
         return stream
 
@@ -169,12 +174,13 @@ class ErrorInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
 class AccessLogInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
     """One log line per call, at info level on the ``sesscache.access`` logger.
 
-    ``hash_sessions``: log a short hash of each session id instead of the id
-    (with authentication on, a session id is a capability worth not leaking).
+    ``label``: how to name a session in the line (with authentication on, a
+    keyed hash instead of the id: a session id is a capability worth not
+    leaking); by default its id.
     """
 
-    def __init__(self, *, hash_sessions: bool = False, observe: Observer | None = None) -> None:
-        self.hash_sessions = hash_sessions
+    def __init__(self, *, label: Label | None = None, observe: Observer | None = None) -> None:
+        self.label: Label = label or (lambda key: key[1])
         self.observe = observe
 
     async def intercept_service(
@@ -188,13 +194,13 @@ class AccessLogInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg
         method = handler_call_details.method.rsplit("/", 1)[-1]
         return wrap_handler(
             handler,
-            lambda behavior: self._unary(method, behavior, self.hash_sessions, self.observe),
-            lambda behavior: self._stream(method, behavior, self.hash_sessions, self.observe),
+            lambda behavior: self._unary(method, behavior, self.label, self.observe),
+            lambda behavior: self._stream(method, behavior, self.label, self.observe),
         )
 
     @staticmethod
     def _unary(
-        method: str, behavior: UnaryBehavior, hashed: bool, observe: Observer | None
+        method: str, behavior: UnaryBehavior, label: Label, observe: Observer | None
     ) -> UnaryBehavior:
         async def unary(request: Any, context: Context) -> Any:
             record = CallRecord(method)
@@ -204,13 +210,13 @@ class AccessLogInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg
                 return await behavior(request, context)
             finally:
                 _current.reset(token)
-                _log(record, context, started, hashed, observe)
+                _log(record, context, started, label, observe)
 
         return unary
 
     @staticmethod
     def _stream(
-        method: str, behavior: StreamBehavior, hashed: bool, observe: Observer | None
+        method: str, behavior: StreamBehavior, label: Label, observe: Observer | None
     ) -> StreamBehavior:
         async def stream(request: Any, context: Context) -> AsyncIterator[Any]:
             record = CallRecord(method)
@@ -221,13 +227,13 @@ class AccessLogInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg
                     yield response
             finally:
                 _current.reset(token)
-                _log(record, context, started, hashed, observe)
+                _log(record, context, started, label, observe)
 
         return stream
 
 
 def _log(
-    record: CallRecord, context: Context, started: float, hashed: bool, observe: Observer | None
+    record: CallRecord, context: Context, started: float, label: Label, observe: Observer | None
 ) -> None:
     elapsed = time.perf_counter() - started
     logging_on = log.isEnabledFor(logging.INFO)
@@ -242,7 +248,7 @@ def _log(
     log.info(
         "%s session=%s status=%s cache=%s duration_ms=%.2f",
         record.method,
-        session_label(record.session, hashed=hashed) if record.session != "-" else "-",
+        label((record.principal, record.session)) if record.session != "-" else "-",
         status,
         record.cache_status,
         elapsed * 1000,

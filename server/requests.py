@@ -12,8 +12,9 @@ import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from server.errors import InvalidArgument
+from server.errors import InvalidArgument, quote
 from server.paging import PageTokens
+from sesscache.backend import value_size
 from sesscache.queries import PersonQuery
 from sesscache.v1 import sesscache_pb2 as pb
 
@@ -28,6 +29,14 @@ MAX_ID_VIOLATIONS = 10
 DEFAULT_PERSONS_PAGE = 50
 DEFAULT_KEYS_PAGE = 100
 MAX_PAGE = 1000
+#: A cache key is SQL text and parameter values; no real one comes near this.
+MAX_KEY = 100_000
+#: A session handle, as ListSessions gives it: 16 hex characters.
+_HANDLE = re.compile(r"[0-9a-f]{16}")
+#: Validated QueryPersons requests are remembered by their bytes, in at most this
+#: many bytes, and only requests of up to KNOWN_REQUEST_MAX bytes.
+KNOWN_REQUESTS_BYTES = 8 * 1024 * 1024
+KNOWN_REQUEST_MAX = 2048
 _VIEWS = frozenset(pb.PersonView.values())
 
 
@@ -45,6 +54,20 @@ def session_id_from(metadata: Iterable[tuple[str, str | bytes]] | None) -> str |
             "must be 1 to 128 characters of A-Z, a-z, 0-9, '.', '_', '~' or '-' (metadata)",
         )
     return value
+
+
+def check_handle(handle: str, *, field: str = "session") -> None:
+    """A session handle is empty (the caller's session) or 16 hex characters."""
+    if handle and not _HANDLE.fullmatch(handle):
+        raise InvalidArgument.field(
+            field, f"must be a handle from ListSessions (16 hex characters), got {quote(handle)}"
+        )
+
+
+def known_request_size(raw: bytes, request: PersonsRequest) -> int:
+    """Approximate bytes a remembered request holds: its bytes and its validated form."""
+    query = request.query
+    return 500 + len(raw) + value_size(query.ids) + 2 * len(query.name or "")
 
 
 def page_size(value: int, *, default: int, field: str = "page_size") -> int:

@@ -30,9 +30,11 @@ from sqlalchemy.orm import Session
 from server.paging import PageTokens
 from server.requests import PersonsRequest, persons_next_token
 from sesscache import tracking
-from sesscache.backend import store_for
+from sesscache.backend import store_for, value_size
 from sesscache.caching import CachedResult, QueryCache
+from sesscache.memo import Memo
 from sesscache.models import Person
+from sesscache.queries import PersonQuery
 from sesscache.regions import LOCAL_REGION
 from sesscache.registry import SessionRegistry, SessionState
 from sesscache.v1 import sesscache_pb2 as pb
@@ -41,6 +43,25 @@ log = logging.getLogger(__name__)
 
 #: The key under which a cached result keeps its rendered response.
 RESPONSE_RENDERING = "QueryPersonsResponse"
+
+#: Bytes the remembered cache keys of query shapes may hold, and one at most.
+KNOWN_KEYS_BYTES = 8 * 1024 * 1024
+KNOWN_KEY_MAX = 64 * 1024
+
+#: How much more memory a message holds than its serialized bytes (upb messages,
+#: measured with tracemalloc on small QueryPersons responses), plus a fixed cost.
+MESSAGE_MEMORY_FACTOR = 3
+MESSAGE_OVERHEAD = 200
+
+
+def query_key_size(query: PersonQuery, key: str) -> int:
+    """Approximate bytes a remembered (query, key) pair holds."""
+    return 400 + value_size(query.ids) + value_size(key) + 2 * len(query.name or "")
+
+
+def message_size(message: pb.QueryPersonsResponse) -> int:
+    """Approximate bytes a kept response message holds."""
+    return MESSAGE_OVERHEAD + MESSAGE_MEMORY_FACTOR * message.ByteSize()
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,14 +83,16 @@ class PersonService:
         query_cache: QueryCache,
         tokens: PageTokens,
         *,
-        known_queries: int = 10_000,
+        known_keys_bytes: int = KNOWN_KEYS_BYTES,
     ) -> None:
         self.registry = registry
         self.query_cache = query_cache
         self.tokens = tokens
-        # The cache key of each query shape seen, so a hit needs no statement.
-        self._keys: dict[object, str] = {}
-        self._known_queries = known_queries
+        # The cache key of each query seen, so a hit needs no statement; bounded
+        # in bytes (a query with 1,000 ids has a long key).
+        self._keys: Memo[PersonQuery, str] = Memo(
+            query_key_size, max_bytes=known_keys_bytes, max_item=KNOWN_KEY_MAX
+        )
 
     # -- event loop ------------------------------------------------------------
 
@@ -81,12 +104,9 @@ class PersonService:
             self._remember_key(request.query, key)
         return key
 
-    def _remember_key(self, query: object, key: str) -> None:
-        # A plain dict, emptied when full: cheaper to read than an LRU, and
-        # forgetting only costs building a statement again.
-        if len(self._keys) >= self._known_queries:
-            self._keys.clear()
-        self._keys[query] = key
+    def _remember_key(self, query: PersonQuery, key: str) -> None:
+        # Forgetting only costs building a statement again.
+        self._keys.put(query, key)
 
     def serve_hit(self, state: SessionState, request: PersonsRequest) -> Served | None:
         """The response for a hit whose rendering is cached, else None (no I/O)."""
@@ -148,7 +168,7 @@ class PersonService:
         return Served(response, rows=lookup.rows, saved=saved)
 
     def _remember(
-        self, session: Session, query: object, key: str, response: pb.QueryPersonsResponse
+        self, session: Session, query: PersonQuery, key: str, response: pb.QueryPersonsResponse
     ) -> CachedResult | None:
         """Keep the rendered response on the entry, for :meth:`serve_hit`."""
         self._remember_key(query, key)
@@ -166,6 +186,8 @@ class PersonService:
             rendered.cache_status = pb.CACHE_STATUS_HIT
             rendered.sql_statements = 0
             payload.renderings[RESPONSE_RENDERING] = rendered
+            assert store is not None
+            store.grow(entry, message_size(rendered))
         return payload
 
     def _undo(self, session: Session, tracker: tracking.CallTracker) -> None:

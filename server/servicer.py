@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterable
 from concurrent.futures import Executor
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -29,7 +29,7 @@ from sqlalchemy.orm import object_session
 
 from server import requests
 from server.auth import current_principal
-from server.errors import InvalidArgument, NotFound, PermissionDenied
+from server.errors import InvalidArgument, NotFound, PermissionDenied, quote
 from server.inspection import (
     EVENT_TYPES_BY_VALUE,
     Inspector,
@@ -40,9 +40,10 @@ from server.inspection import (
     stats_message,
 )
 from server.interceptors import current_call
-from server.paging import PageTokens
+from server.paging import PageTokens, keyset_page
 from server.service import PersonService
 from sesscache.backend import Entry, SessionStore, SharedMemoryBackend
+from sesscache.memo import Memo
 from sesscache.regions import LOCAL_REGION, SHARED_REGION, clear_shared, shared_entries
 from sesscache.registry import ScopeKey, SessionRegistry, SessionState
 from sesscache.v1 import sesscache_pb2 as pb
@@ -59,9 +60,6 @@ _STATUS_NAMES = {
     pb.CACHE_STATUS_MISS: "MISS",
     pb.CACHE_STATUS_BYPASS: "BYPASS",
 }
-#: Validated QueryPersons requests remembered (see ``_validated``).
-KNOWN_REQUESTS = 10_000
-
 #: ListCacheKeys ``region`` value listing the session's entries and the shared region's.
 ALL_REGIONS = "*"
 _ORDERS = {
@@ -85,6 +83,7 @@ class SessionCacheServicer(pb_grpc.SessionCacheServicer):
         regions: dict[str, CacheRegion],
         inspector: Inspector,
         watch_buffer: int = 1000,
+        max_response_bytes: int = 1024 * 1024,
     ) -> None:
         self.registry = registry
         self.service = service
@@ -93,8 +92,13 @@ class SessionCacheServicer(pb_grpc.SessionCacheServicer):
         self.regions = regions
         self.inspector = inspector
         self.watch_buffer = watch_buffer
+        self.max_response_bytes = max_response_bytes
         self._abandon = asyncio.Event()
-        self._known_requests: dict[bytes, requests.PersonsRequest] = {}
+        self._known_requests: Memo[bytes, requests.PersonsRequest] = Memo(
+            requests.known_request_size,
+            max_bytes=requests.KNOWN_REQUESTS_BYTES,
+            max_item=requests.KNOWN_REQUEST_MAX,
+        )
 
     def abandon_database_work(self) -> None:
         """Shutting down past the grace period: cancelled calls stop waiting for
@@ -144,6 +148,7 @@ class SessionCacheServicer(pb_grpc.SessionCacheServicer):
     async def ListCacheKeys(
         self, request: pb.ListCacheKeysRequest, context: Context
     ) -> pb.ListCacheKeysResponse:
+        # Every argument is checked before any state is looked at.
         size = requests.page_size(request.page_size, default=requests.DEFAULT_KEYS_PAGE)
         if request.order_by not in _ORDERS:
             raise InvalidArgument.field("order_by", f"unknown value {request.order_by}")
@@ -152,40 +157,55 @@ class SessionCacheServicer(pb_grpc.SessionCacheServicer):
             raise InvalidArgument.field(
                 "region",
                 f"must be {LOCAL_REGION!r}, {SHARED_REGION!r} or {ALL_REGIONS!r} "
-                f"(got {request.region!r})",
+                f"(got {quote(request.region)})",
             )
         if len(request.entity) > requests.MAX_NAME:
             raise InvalidArgument.field("entity", f"at most {requests.MAX_NAME} characters")
+        requests.check_handle(request.session)
+        token = self.tokens.open(request.page_token) if request.page_token else None
+        if region != LOCAL_REGION:
+            # The shared region holds what every principal's sessions loaded.
+            self._require_admin("listing the shared region")
         async with self._target_session(request.session, context) as state:
-            store = self.registry.store_of(state)
-            local = list(store) if store is not None and region != SHARED_REGION else []
-            shared = self._shared_entries() if region != LOCAL_REGION else []
             fingerprint = f"keys:{state.handle}:{region}:{request.entity}:{request.order_by}"
-            after = self.tokens.decode(request.page_token, fingerprint)
-            entries = [
-                entry
-                for entry in (*local, *shared)
-                if not request.entity or entry.description.entity == request.entity
-            ]
-            order = request.order_by
-            if order == pb.CACHE_ENTRY_ORDER_HITS:
-                entries.sort(key=lambda e: e.hits, reverse=True)
-            elif order == pb.CACHE_ENTRY_ORDER_SIZE:
-                entries.sort(key=lambda e: e.size, reverse=True)
-            page = entries[after : after + size]
-            response = pb.ListCacheKeysResponse(total_size=len(entries))
-            for entry in page:
-                live = _live_objects(entry) if entry.region == LOCAL_REGION else 0
-                response.entries.append(entry_message(entry, live_objects=live))
-            if after + size < len(entries):
-                response.next_page_token = self.tokens.encode(fingerprint, after + size)
+            after = token.position_for(fingerprint) if token is not None else None
+            store = self.registry.store_of(state)
+            sources: list[tuple[int, list[Entry]]] = []
+            total = 0
+            if region != SHARED_REGION:
+                local = list(store) if store is not None else []
+                sources.append((0, local))
+                total += len(local)
+            if region != LOCAL_REGION:
+                shared = self._shared_entries()
+                sources.append((1, shared))
+                total += len(shared)
+            page, more = keyset_page(
+                sources,
+                order=request.order_by,
+                entity=request.entity,
+                after=after,
+                limit=size,
+                max_bytes=self.max_response_bytes,
+                message=lambda entry: entry_message(
+                    entry, live_objects=_live_objects(entry) if entry.region == LOCAL_REGION else 0
+                ),
+            )
+        response = pb.ListCacheKeysResponse(total_size=total)
+        for _, message in page:
+            response.entries.append(message)
+        if more is not None:
+            if more == "bytes":
+                self.inspector.limit_hit("max_response_bytes")
+            response.next_page_token = self.tokens.encode(fingerprint, page[-1][0])
         return response
 
     async def GetStats(self, request: pb.GetStatsRequest, context: Context) -> pb.GetStatsResponse:
         session_id = self._session_id(context)
+        principal = current_principal()
         response = pb.GetStatsResponse()
         if session_id is not None:
-            state = self.registry.get(session_id, principal=self._principal(context))
+            state = self.registry.get(session_id, principal=principal.name)
             if state is None:
                 raise NotFound(_no_session(session_id))
             store = self.registry.store_of(state)
@@ -196,18 +216,34 @@ class SessionCacheServicer(pb_grpc.SessionCacheServicer):
                     size_bytes=store.bytes if store is not None else 0,
                 )
             )
+        counters = self.registry.principal_counters.get(principal.name)
+        if counters is not None:
+            entries, size, sessions = self.registry.usage_of(principal.name)
+            response.principal.CopyFrom(
+                stats_message(
+                    counters.snapshot(), entries=entries, size_bytes=size, sessions=sessions
+                )
+            )
+        if not principal.admin:
+            # Server-wide figures would show other principals' activity.
+            return response
         entries, size = server_totals(self.registry)
-        shared = self._shared_entries()
+        shared_entries, shared_bytes = self._shared_totals()
         response.server.CopyFrom(
             stats_message(
                 self.inspector.counters.snapshot(),
-                entries=entries + len(shared),
-                size_bytes=size + sum(entry.size for entry in shared),
+                entries=entries + shared_entries,
+                size_bytes=size + shared_bytes,
                 sessions=len(self.registry),
                 ended=self.registry.sessions_ended,
+                limits_hit=self.limits_hit(),
             )
         )
         return response
+
+    def limits_hit(self) -> dict[str, int]:
+        """Times each limit was hit, by setting name, server-wide."""
+        return dict(self.registry.limits_hit + self.inspector.limits_hit)
 
     async def ResetStats(
         self, request: pb.ResetStatsRequest, context: Context
@@ -242,17 +278,16 @@ class SessionCacheServicer(pb_grpc.SessionCacheServicer):
             cleared = clear_shared(self.regions[SHARED_REGION])
             entries = [entry for entry in cleared if isinstance(entry, Entry)]
             self.inspector.invalidated(None, ("", ""), entries)
-            response = pb.InvalidateResponse()
-            for item in cleared:
-                if isinstance(item, Entry):
-                    response.removed.append(entry_message(item))
-                else:
-                    response.removed.append(pb.CacheEntry(key=item, region=SHARED_REGION))
-            return response
+            return self._removed(
+                entry_message(item)
+                if isinstance(item, Entry)
+                else pb.CacheEntry(key=item, region=SHARED_REGION)
+                for item in cleared
+            )
         if target == "key" and not request.key:
             raise InvalidArgument.field("key", "must not be empty")
-        if target == "key" and len(request.key) > 100_000:
-            raise InvalidArgument.field("key", "too long to be a cache key")
+        if target == "key" and len(request.key) > requests.MAX_KEY:
+            raise InvalidArgument.field("key", f"at most {requests.MAX_KEY} characters")
         query = requests.persons_request(request.query, self.tokens) if target == "query" else None
         session_id = self._session_id(context)
         if session_id is None:
@@ -270,7 +305,25 @@ class SessionCacheServicer(pb_grpc.SessionCacheServicer):
             else:
                 removed = self._delete_key(store, request.key)
         self.inspector.invalidated(state, state.key, removed)
-        return pb.InvalidateResponse(removed=[entry_message(entry) for entry in removed])
+        return self._removed(entry_message(entry) for entry in removed)
+
+    def _removed(self, messages: Iterable[pb.CacheEntry]) -> pb.InvalidateResponse:
+        """The response listing removed entries, cut short at ``max_response_bytes``."""
+        response = pb.InvalidateResponse()
+        budget = self.max_response_bytes
+        count = 0
+        for message in messages:
+            count += 1
+            size = message.ByteSize() + 8
+            if size <= budget:
+                response.removed.append(message)
+                budget -= size
+            else:
+                budget = 0
+        response.removed_count = count
+        if len(response.removed) < count:
+            self.inspector.limit_hit("max_response_bytes")
+        return response
 
     # -- sessions ---------------------------------------------------------------------
 
@@ -297,10 +350,7 @@ class SessionCacheServicer(pb_grpc.SessionCacheServicer):
         self._require_admin("listing sessions")
         size = requests.page_size(request.page_size, default=requests.DEFAULT_KEYS_PAGE)
         after = self.tokens.decode(request.page_token, "sessions")
-        states = sorted(
-            (state for state in self.registry.states() if state.serial > after),
-            key=lambda state: state.serial,
-        )
+        states = self.registry.page(after_serial=after, limit=size + 1)
         response = pb.ListSessionsResponse(total_size=len(self.registry))
         for state in states[:size]:
             response.sessions.append(
@@ -366,9 +416,7 @@ class SessionCacheServicer(pb_grpc.SessionCacheServicer):
         persons = self._known_requests.get(raw)
         if persons is None:
             persons = requests.persons_request(request, self.tokens)
-            if len(self._known_requests) >= KNOWN_REQUESTS:
-                self._known_requests.clear()
-            self._known_requests[raw] = persons
+            self._known_requests.put(raw, persons)
         return persons
 
     def _session_id(self, context: Context) -> str | None:
@@ -376,6 +424,7 @@ class SessionCacheServicer(pb_grpc.SessionCacheServicer):
         record = current_call()
         if record is not None and session_id is not None:
             record.session = session_id
+            record.principal = current_principal().name
         return session_id
 
     @staticmethod
@@ -403,7 +452,7 @@ class SessionCacheServicer(pb_grpc.SessionCacheServicer):
         self._require_admin("inspecting another session")
         target = self.registry.by_handle(handle)
         if target is None:
-            raise NotFound(f"no live session with handle {handle!r}")
+            raise NotFound(f"no live session with handle {quote(handle)}")
         async with self._session(
             target.session_id, context, create=False, principal=target.principal
         ) as locked:
@@ -475,6 +524,16 @@ class SessionCacheServicer(pb_grpc.SessionCacheServicer):
     def _shared_entries(self) -> list[Entry]:
         return shared_entries(self.regions[SHARED_REGION])
 
+    def _shared_totals(self) -> tuple[int, int]:
+        """(entries, bytes) of the shared region when held in this process: O(1).
+
+        An external shared region (Redis) is not counted: that would scan it.
+        """
+        backend = self.regions[SHARED_REGION].backend
+        if isinstance(backend, SharedMemoryBackend):
+            return len(backend.store), backend.store.bytes
+        return 0, 0
+
     def _delete_key(self, store: SessionStore | None, key_or_digest: str) -> list[Entry]:
         """Remove one entry, by key or digest, from the session or the shared region."""
         if store is not None:
@@ -484,6 +543,8 @@ class SessionCacheServicer(pb_grpc.SessionCacheServicer):
             if entry is not None:
                 store.delete(entry.key)
                 return [entry]
+        if not current_principal().admin:
+            return []  # the shared region is for admins to change (see ListCacheKeys)
         backend = self.regions[SHARED_REGION].backend
         if isinstance(backend, SharedMemoryBackend):
             for entry in backend.entries():
@@ -495,8 +556,8 @@ class SessionCacheServicer(pb_grpc.SessionCacheServicer):
 
 def _no_session(session_id: str) -> str:
     return (
-        f"no session {session_id!r} on this server: it was never used, was ended or reaped, "
-        "or the server restarted (sessions live in server memory)"
+        f"no session {quote(session_id)} on this server: it was never used, was ended or "
+        "reaped, or the server restarted (sessions live in server memory)"
     )
 
 

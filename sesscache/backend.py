@@ -115,6 +115,8 @@ class Entry:
     description: Description
     last_access: float
     hits: int = 0
+    #: Approximate bytes the entry holds: rows, key, SQL, parameters, renderings.
+    size: int = 0
 
     @property
     def digest(self) -> str:
@@ -123,10 +125,6 @@ class Entry:
     @property
     def rows(self) -> int:
         return self.description.rows
-
-    @property
-    def size(self) -> int:
-        return self.description.size
 
     def expires_in(self, now: float | None = None) -> float | None:
         """Seconds until expiry (negative once expired), None if never."""
@@ -138,6 +136,41 @@ class Entry:
 #: Called with (entry, reason) when an entry leaves the store other than by
 #: delete: reason is "evicted" (a limit) or "expired".
 RemovalListener = Callable[[Entry, str], None]
+
+#: Called with (entries added, bytes added) whenever the store's totals change
+#: (negative when entries leave), so a registry can total every store in O(1).
+SizeListener = Callable[[int, int], None]
+
+#: What an entry costs beyond its rows: the Entry, its CachedValue and metadata,
+#: the dictionaries of the store that index it (measured on CPython 3.11).
+ENTRY_OVERHEAD = 900
+
+
+def entry_size(key: str, description: Description) -> int:
+    """Approximate bytes an entry holds: its rows, its key, its SQL and parameters.
+
+    The key and the statement are counted in full (a key holds the SQL text
+    and the parameter values, so a query with 1,000 ids has a long one), and
+    so are the parameter values themselves.
+    """
+    parameters = sum(
+        _STR + len(name) + value_size(value) for name, value in description.parameters.items()
+    )
+    text = 2 * _STR + len(key) + len(description.statement)
+    return ENTRY_OVERHEAD + description.size + text + parameters
+
+
+_STR = 49
+
+
+def value_size(value: object) -> int:
+    """A cheap estimate of the memory ``value`` holds (numbers, strings, tuples, lists)."""
+    kind = type(value)
+    if kind is str:
+        return _STR + len(value)  # type: ignore[arg-type]
+    if isinstance(value, tuple | list):
+        return 56 + sum(8 + value_size(item) for item in value)
+    return 32
 
 
 class SessionStore:
@@ -153,10 +186,12 @@ class SessionStore:
         max_entries: int | None = None,
         max_bytes: int | None = None,
         on_removal: RemovalListener | None = None,
+        on_size: SizeListener | None = None,
     ) -> None:
         self.max_entries = max_entries
         self.max_bytes = max_bytes
         self.on_removal = on_removal
+        self.on_size = on_size
         self._lru: OrderedDict[str, Entry] = OrderedDict()
         self._by_seq: SortedDict = SortedDict()
         self._next_seq = 1
@@ -195,13 +230,27 @@ class SessionStore:
             expires_at=expires_at,
             description=description,
             last_access=stored_at,
+            size=entry_size(key, description),
         )
         self._next_seq += 1
         self._lru[key] = entry
         self._by_seq[entry.seq] = entry
         self.bytes += entry.size
+        if self.on_size is not None:
+            self.on_size(1, entry.size)
         self._enforce_limits(keep=entry)
         return entry
+
+    def grow(self, entry: Entry, size: int) -> None:
+        """Count ``size`` more bytes for ``entry`` (say, a rendering kept with it), then
+        apply the limits."""
+        if self._lru.get(entry.key) is not entry:
+            return
+        entry.size += size
+        self.bytes += size
+        if self.on_size is not None:
+            self.on_size(0, size)
+        self._enforce_limits(keep=entry)
 
     def delete(self, key: str) -> Entry | None:
         """Remove and return the entry for ``key``, if any."""
@@ -209,6 +258,8 @@ class SessionStore:
         if entry is not None:
             del self._by_seq[entry.seq]
             self.bytes -= entry.size
+            if self.on_size is not None:
+                self.on_size(-1, -entry.size)
         return entry
 
     # -- inspection and upkeep ------------------------------------------------
@@ -243,6 +294,8 @@ class SessionStore:
     def clear(self) -> list[Entry]:
         """Remove every entry; return them."""
         removed = list(self._by_seq.values())
+        if self.on_size is not None and removed:
+            self.on_size(-len(removed), -self.bytes)
         self._lru.clear()
         self._by_seq.clear()
         self.bytes = 0

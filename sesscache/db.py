@@ -108,6 +108,26 @@ def _count_statement(*_args: Any, **_kwargs: Any) -> None:
     tracking.count_statement()
 
 
+#: What SQLite says of a file that is not (or no longer) a sound database.
+_CORRUPT = ("file is not a database", "database disk image is malformed")
+
+
+def corrupt_database(error: BaseException, url: URL | None = None) -> str | None:
+    """A message naming the file, when ``error`` says a SQLite database file is corrupt."""
+    if not isinstance(error, DBAPIError) or error.orig is None:
+        return None
+    text = str(error.orig)
+    if not any(marker in text for marker in _CORRUPT):
+        return None
+    where = "the database file"
+    if url is not None and url.database:
+        where = f"the SQLite database file {url.database}"
+    return (
+        f"{where} is corrupt ({_first_line(error.orig)}); restore it from a backup, or move it "
+        "away to start afresh"
+    )
+
+
 def is_disconnect(error: BaseException) -> bool:
     """Whether ``error`` means the database is unreachable (not a bad query)."""
     if isinstance(error, DatabaseUnavailable):

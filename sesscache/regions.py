@@ -121,13 +121,14 @@ def shared_entries(region: CacheRegion) -> list[Entry]:
             key=key,
             region=SHARED_REGION,
             value=CachedValue(None, {}),
-            seq=number,
+            seq=0,  # not kept in Redis: listings order these by key
             stored_at=0.0,
             expires_at=None,
             description=Description(size=int(size)),
             last_access=0.0,
+            size=int(size),
         )
-        for number, (key, size) in enumerate(zip(keys, sizes, strict=True), start=1)
+        for key, size in zip(keys, sizes, strict=True)
     ]
 
 

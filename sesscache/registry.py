@@ -27,12 +27,13 @@ import itertools
 import logging
 import threading
 import time
-from collections import OrderedDict
+from collections import Counter, OrderedDict
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Protocol, cast
 
+from sortedcontainers import SortedDict
 from sqlalchemy.orm import Session, scoped_session, sessionmaker
 
 from sesscache.backend import STORE_INFO_KEY, Entry, SessionStore, store_for
@@ -59,7 +60,15 @@ class RegistryObserver(Protocol):
 
 
 class RegistryFull(Exception):
-    """No room for another session: every live session is busy."""
+    """No room for another session: every session it could end is busy.
+
+    ``limit`` names the setting that was hit (``max_sessions`` or
+    ``max_sessions_per_principal``).
+    """
+
+    def __init__(self, message: str, *, limit: str) -> None:
+        super().__init__(message)
+        self.limit = limit
 
 
 class NoScope(RuntimeError):
@@ -70,13 +79,15 @@ class NoScope(RuntimeError):
 class Limits:
     """Bounds on the registry's memory.
 
-    ``max_sessions``: live sessions at most. ``idle_timeout``: seconds of
+    ``max_sessions``: live sessions at most. ``max_sessions_per_principal``:
+    live sessions one principal may hold. ``idle_timeout``: seconds of
     inactivity after which :meth:`SessionRegistry.reap` ends a session
     (None: never). ``max_entries`` and ``max_bytes``: per-session cache
     bounds; the least recently used entries are evicted beyond them.
     """
 
     max_sessions: int = 10_000
+    max_sessions_per_principal: int = 10_000
     idle_timeout: float | None = 1800.0
     max_entries: int | None = 1000
     max_bytes: int | None = 8 * 1024 * 1024
@@ -99,6 +110,11 @@ class SessionState:
     counters: Counters = field(default_factory=Counters)
     #: The cache store of the session's Session, once made (see SessionRegistry.store_of).
     store: SessionStore | None = None
+    #: Counters of every session of this session's principal (shared).
+    principal_counters: Counters | None = None
+    #: A stable, opaque name for the session that reveals neither owner nor id
+    #: (a keyed hash: see :class:`SessionRegistry`'s ``handle``).
+    handle: str = ""
 
     @property
     def principal(self) -> str:
@@ -108,11 +124,11 @@ class SessionState:
     def session_id(self) -> str:
         return self.key[1]
 
-    @property
-    def handle(self) -> str:
-        """A stable, opaque name for the session that reveals neither owner nor id."""
-        text = f"{self.key[0]}\0{self.key[1]}".encode()
-        return hashlib.blake2b(text, digest_size=8).hexdigest()
+
+def unkeyed_handle(key: ScopeKey) -> str:
+    """A handle for ``key`` without a secret (tests and tools; servers pass a keyed one)."""
+    text = f"{key[0]}\0{key[1]}".encode()
+    return hashlib.blake2b(text, digest_size=8).hexdigest()
 
 
 @dataclass(frozen=True, slots=True)
@@ -131,7 +147,13 @@ class SessionRegistry:
     ``observer`` is told of evictions, expiries and ended sessions; ``label``
     names a session in log lines (a hash, when session ids are secrets);
     ``closer`` runs the closing of ended Sessions (a server passes its worker
-    pool's ``submit``, so closing a big session never holds the event loop).
+    pool's ``submit``, so closing a big session never holds the event loop);
+    ``handle`` names a session for ListSessions (a server passes a keyed hash).
+
+    Every call is O(1) in the number of live sessions: sessions are found by
+    key or handle in dictionaries, kept in least-recently-used order (overall
+    and per principal), and the entries and bytes of every session cache are
+    totalled as they change (:attr:`entries`, :attr:`bytes`).
     """
 
     def __init__(
@@ -142,6 +164,7 @@ class SessionRegistry:
         observer: RegistryObserver | None = None,
         label: Callable[[ScopeKey], str] | None = None,
         closer: Callable[[Callable[[], None]], object] | None = None,
+        handle: Callable[[ScopeKey], str] = unkeyed_handle,
     ) -> None:
         self.limits = limits or Limits()
         self.observer = observer
@@ -149,19 +172,35 @@ class SessionRegistry:
         self.label: Callable[[ScopeKey], str] = label or (lambda key: key[1])
         #: Runs the closing of an ended Session (default: at once, in place).
         self.closer = closer
+        self._handle = handle
         self._factory = session_factory
         # scoped_session only ever calls its factory, so a plain callable
         # that adds the bounded store to each new Session serves.
         self.scoped: scoped_session[Session] = scoped_session(
             cast("sessionmaker[Session]", self._new_session), scopefunc=self._current_scope
         )
+        # Least recently used first, overall and per principal.
         self._states: OrderedDict[ScopeKey, SessionState] = OrderedDict()
+        self._by_principal: dict[str, OrderedDict[ScopeKey, SessionState]] = {}
+        self._by_handle: dict[str, SessionState] = {}
+        self._by_serial: SortedDict = SortedDict()
         self._lock = threading.RLock()
+        self._totals_lock = threading.Lock()
         self._ephemeral_ids = itertools.count(1)
         self._serials = itertools.count(1)
+        self._sweep_after = 0
         self.sessions_evicted = 0
         self.sessions_expired = 0
         self.sessions_ended = 0
+        #: Entries and approximate bytes held by every session cache now.
+        self.entries = 0
+        self.bytes = 0
+        self._usage: dict[str, list[int]] = {}
+        #: Counters of every session of each principal (kept while the server runs:
+        #: principals are the configured tokens, a short list).
+        self.principal_counters: dict[str, Counters] = {}
+        #: Times each limit refused a session, by setting name.
+        self.limits_hit: Counter[str] = Counter()
 
     # -- scope ---------------------------------------------------------------
 
@@ -179,8 +218,23 @@ class SessionRegistry:
             max_entries=self.limits.max_entries,
             max_bytes=self.limits.max_bytes,
             on_removal=lambda entry, reason: self._entry_removed(key, entry, reason),
+            on_size=lambda entries, size: self._size_changed(key[0], entries, size),
         )
         return session
+
+    def _size_changed(self, principal: str, entries: int, size: int) -> None:
+        # Stores change in worker threads and on the event loop alike.
+        with self._totals_lock:
+            self.entries += entries
+            self.bytes += size
+            usage = self._usage.setdefault(principal, [0, 0])
+            usage[0] += entries
+            usage[1] += size
+
+    def usage_of(self, principal: str) -> tuple[int, int, int]:
+        """(entries, bytes, live sessions) of ``principal``'s session caches: O(1)."""
+        entries, size = self._usage.get(principal, (0, 0))
+        return entries, size, len(self._by_principal.get(principal, ()))
 
     def _entry_removed(self, key: ScopeKey, entry: Entry, reason: str) -> None:
         state = self._states.get(key)
@@ -225,16 +279,47 @@ class SessionRegistry:
                 key = (principal, session_id)
                 state = self._states.get(key)  # type: ignore[assignment]
                 if state is None:
-                    self._make_room()
-                    state = self._states[key] = SessionState(
-                        key, serial=next(self._serials), peer=peer
+                    self._make_room(principal)
+                    state = SessionState(
+                        key, serial=next(self._serials), peer=peer, handle=self._handle(key)
                     )
+                    self._add(state)
                 else:
-                    self._states.move_to_end(key)
+                    self._touch(state)
                     if peer and not state.peer:
                         state.peer = peer
+            state.principal_counters = self._counters_of(principal)
             state.users += 1
             return state
+
+    def _counters_of(self, principal: str) -> Counters:
+        counters = self.principal_counters.get(principal)
+        if counters is None:
+            counters = self.principal_counters[principal] = Counters()
+        return counters
+
+    def _add(self, state: SessionState) -> None:
+        self._states[state.key] = state
+        self._by_principal.setdefault(state.principal, OrderedDict())[state.key] = state
+        self._by_handle[state.handle] = state
+        self._by_serial[state.serial] = state
+
+    def _forget(self, state: SessionState) -> None:
+        if self._states.pop(state.key, None) is None:
+            return
+        mine = self._by_principal.get(state.principal)
+        if mine is not None:
+            mine.pop(state.key, None)
+            if not mine:
+                del self._by_principal[state.principal]
+        self._by_handle.pop(state.handle, None)
+        self._by_serial.pop(state.serial, None)
+
+    def _touch(self, state: SessionState) -> None:
+        # Any call is a use, for the least-recently-used orders.
+        if self._states.get(state.key) is state:
+            self._states.move_to_end(state.key)
+            self._by_principal[state.principal].move_to_end(state.key)
 
     def get(self, session_id: str, *, principal: str = "") -> SessionState | None:
         """The state of an existing session, without opening it."""
@@ -242,19 +327,36 @@ class SessionRegistry:
 
     def by_handle(self, handle: str) -> SessionState | None:
         """The live session whose :attr:`SessionState.handle` is ``handle``."""
-        for state in self.states():
-            if state.handle == handle:
-                return state
-        return None
+        return self._by_handle.get(handle)
+
+    def page(self, *, after_serial: int, limit: int) -> list[SessionState]:
+        """Up to ``limit`` live sessions created after ``after_serial``, oldest first.
+
+        O(log n + limit) whatever the position of the page.
+        """
+        with self._lock:
+            serials = self._by_serial.irange(minimum=after_serial, inclusive=(False, True))
+            return [
+                self._by_serial[serial] for serial, _ in zip(serials, range(limit), strict=False)
+            ]
 
     def idle_for(self, seconds: float, now: float | None = None) -> list[SessionState]:
-        """Sessions with no call for at least ``seconds`` (none in use)."""
+        """Sessions with no call for at least ``seconds`` (none in use).
+
+        Walks the sessions least recently used first and stops at the first
+        one used more recently: O(sessions found + sessions busy).
+        """
         now = time.monotonic() if now is None else now
-        return [
-            state
-            for state in self.states()
-            if state.users == 0 and now - state.last_active_monotonic >= seconds
-        ]
+        found = []
+        with self._lock:
+            for state in self._states.values():
+                if now - state.last_active_monotonic < seconds:
+                    if state.users == 0:
+                        break
+                    continue
+                if state.users == 0:
+                    found.append(state)
+        return found
 
     def end_idle(self, seconds: float) -> list[tuple[SessionState, int]]:
         """End every session idle for at least ``seconds``; return them with keys dropped."""
@@ -265,8 +367,7 @@ class SessionRegistry:
         """Mark an existing ``state`` in use (see :meth:`release`)."""
         with self._lock:
             state.users += 1
-            if self._states.get(state.key) is state:
-                self._states.move_to_end(state.key)  # any call is a use, for the LRU order
+            self._touch(state)
 
     def release(self, state: SessionState) -> None:
         """The caller is done with ``state``; ephemeral sessions end here."""
@@ -276,6 +377,8 @@ class SessionRegistry:
             state.last_active_monotonic = time.monotonic()
             if state.ephemeral and state.users == 0:
                 self._remove(state, "")
+            else:
+                self._touch(state)
 
     def end(self, state: SessionState) -> Ended:
         """End ``state``'s session: close it and drop its cache.
@@ -311,20 +414,23 @@ class SessionRegistry:
     def __len__(self) -> int:
         return len(self._states)
 
+    #: Sessions whose expired entries one :meth:`reap` drops, at most.
+    SWEEP_BATCH = 256
+
     def reap(self, now: float | None = None) -> list[SessionState]:
         """End sessions idle longer than ``limits.idle_timeout``; return them.
 
-        Also drops expired entries from the caches of the idle sessions that
-        stay. Sessions in use are never touched.
+        Also drops expired entries from the caches of up to
+        :attr:`SWEEP_BATCH` idle sessions that stay, taking the next ones
+        each time round (entries are also checked for expiry when read), so
+        one call costs O(sessions reaped + batch), not O(live sessions).
+        Sessions in use are never touched.
         """
         timeout = self.limits.idle_timeout
-        now = time.monotonic() if now is None else now
         reaped = []
         with self._lock:
-            for state in list(self._states.values()):
-                if state.users:
-                    continue
-                if timeout is not None and now - state.last_active_monotonic >= timeout:
+            if timeout is not None:
+                for state in self.idle_for(timeout, now):
                     dropped = self._remove(state, "idle")
                     self.sessions_expired += 1
                     log.debug(
@@ -333,7 +439,10 @@ class SessionRegistry:
                         dropped,
                     )
                     reaped.append(state)
-                else:
+            batch = self.page(after_serial=self._sweep_after, limit=self.SWEEP_BATCH)
+            self._sweep_after = batch[-1].serial if len(batch) == self.SWEEP_BATCH else 0
+            for state in batch:
+                if state.users == 0:
                     store = self.store_of(state)
                     if store is not None:
                         store.expire()
@@ -350,7 +459,7 @@ class SessionRegistry:
             for state in list(self._states.values()):
                 if state.users:
                     state.ended = True
-                    del self._states[state.key]
+                    self._forget(state)
                     token = _scope.set(state.key)
                     try:
                         self.scoped.registry.clear()  # forget it, without closing it
@@ -375,10 +484,41 @@ class SessionRegistry:
         except RuntimeError:  # the closer has shut down: close here
             close()
 
-    def _make_room(self) -> None:
-        if len(self._states) < self.limits.max_sessions:
+    def _make_room(self, principal: str) -> None:
+        """Make room for a new session of ``principal``, or raise :class:`RegistryFull`.
+
+        At the principal's quota, its own least recently used idle session
+        is ended. At the server's limit, the least recently used idle session
+        of the principal holding the most sessions is: one principal never
+        evicts another that holds fewer sessions than it does.
+        """
+        limits = self.limits
+        mine = self._by_principal.get(principal)
+        if mine is not None and len(mine) >= limits.max_sessions_per_principal:
+            if self._evict_idle(mine):
+                return
+            self.limits_hit["max_sessions_per_principal"] += 1
+            raise RegistryFull(
+                f"this principal holds its maximum of {limits.max_sessions_per_principal} "
+                "sessions (max_sessions_per_principal), all busy; end sessions you no longer "
+                "need (EndSession) or retry later",
+                limit="max_sessions_per_principal",
+            )
+        if len(self._states) < limits.max_sessions:
             return
-        for state in self._states.values():  # least recently used first
+        for states in sorted(self._by_principal.values(), key=len, reverse=True):
+            if self._evict_idle(states):
+                return
+        self.limits_hit["max_sessions"] += 1
+        raise RegistryFull(
+            f"the server holds its maximum of {limits.max_sessions} sessions (max_sessions), "
+            "all busy; end sessions you no longer need (EndSession) or retry later",
+            limit="max_sessions",
+        )
+
+    def _evict_idle(self, states: OrderedDict[ScopeKey, SessionState]) -> bool:
+        """End the least recently used idle session of ``states``; False if all are busy."""
+        for state in states.values():  # least recently used first
             if state.users == 0:
                 dropped = self._remove(state, "evicted")
                 self.sessions_evicted += 1
@@ -387,11 +527,8 @@ class SessionRegistry:
                     self.label(state.key),
                     dropped,
                 )
-                return
-        raise RegistryFull(
-            f"the server holds its maximum of {self.limits.max_sessions} sessions, all busy; "
-            "end sessions you no longer need (EndSession) or retry later"
-        )
+                return True
+        return False
 
     def _remove(self, state: SessionState, reason: str) -> int:
         """Close the Session of ``state`` and forget it; return the keys dropped.
@@ -400,7 +537,7 @@ class SessionRegistry:
         """
         state.ended = True
         if not state.ephemeral:
-            self._states.pop(state.key, None)
+            self._forget(state)
         dropped = 0
         token = _scope.set(state.key)
         try:

@@ -35,6 +35,7 @@ from sesscache.backend import (
     SessionLocalBackend,
     SessionStore,
     digest_of,
+    entry_size,
     register_backend,
     store_for,
 )
@@ -302,23 +303,54 @@ def test_max_entries_evicts_oldest_and_counts() -> None:
     assert store.expirations == 0
 
 
+#: What an entry with a one-character key costs beyond its rows.
+BASE = entry_size("a", Description())
+
+
 def test_max_bytes_evicts_and_counts() -> None:
     removals = Removals()
-    store = SessionStore(max_bytes=100, on_removal=removals)
+    store = SessionStore(max_bytes=2 * BASE + 100, on_removal=removals)
     store.put("a", sized(40), "r")
     store.put("b", sized(40), "r")
-    assert (store.bytes, store.evictions) == (80, 0)
+    assert (store.bytes, store.evictions) == (2 * BASE + 80, 0)
     store.put("c", sized(40), "r")
     assert keys(list(store)) == ["b", "c"]
-    assert (store.bytes, store.evictions) == (80, 1)
+    assert (store.bytes, store.evictions) == (2 * BASE + 80, 1)
     store.put("d", sized(90), "r")  # both older entries must go
     assert keys(list(store)) == ["d"]
-    assert (store.bytes, store.evictions) == (90, 3)
+    assert (store.bytes, store.evictions) == (BASE + 90, 3)
     # An entry larger than the whole budget is still kept, alone.
-    store.put("huge", sized(150), "r")
-    assert keys(list(store)) == ["huge"]
-    assert (store.bytes, store.evictions) == (150, 4)
+    store.put("h", sized(3 * BASE), "r")
+    assert keys(list(store)) == ["h"]
+    assert (store.bytes, store.evictions) == (4 * BASE, 4)
     assert removals.seen == [(k, "evicted") for k in ("a", "b", "c", "d")]
+
+
+def test_keys_and_parameters_count_towards_the_byte_limit() -> None:
+    """Zero-row entries under long keys (a query with 1,000 ids) fill a budget too."""
+    store = SessionStore(max_bytes=64 * 1024)
+    ids = tuple(range(1, 1001))
+    for number in range(1000):
+        description = Description(rows=0, statement="SELECT ...", parameters={"ids": ids})
+        store.put(f"{number:06d}" + "x" * 12_000, value(Described(description)), "r")
+    assert store.evictions > 900
+    assert store.bytes <= 64 * 1024 + entry_size("k" * 12_006, description)
+    assert all(entry.size > 12_000 + 1000 * 36 for entry in store)
+
+
+def test_growing_an_entry_counts_and_evicts() -> None:
+    totals: list[tuple[int, int]] = []
+    store = SessionStore(
+        max_bytes=2 * BASE + 100, on_size=lambda entries, size: totals.append((entries, size))
+    )
+    a = store.put("a", sized(10), "r")
+    store.put("b", sized(10), "r")
+    store.grow(a, 50)  # a rendering kept with "a"
+    assert store.bytes == 2 * BASE + 70
+    store.grow(store.peek("b") or a, 60)  # now over: "a", least recently used, goes
+    assert keys(list(store)) == ["b"]
+    assert sum(size for _, size in totals) == store.bytes
+    assert sum(entries for entries, _ in totals) == len(store)
 
 
 def test_bytes_follow_replacement_delete_and_clear() -> None:
@@ -326,11 +358,11 @@ def test_bytes_follow_replacement_delete_and_clear() -> None:
     store.put("a", sized(10), "r")
     store.put("a", sized(25), "r")
     store.put("b", sized(5), "r")
-    assert store.bytes == 30
+    assert store.bytes == 2 * BASE + 30
     deleted = store.delete("a")
     assert deleted is not None
-    assert deleted.size == 25
-    assert store.bytes == 5
+    assert deleted.size == BASE + 25
+    assert store.bytes == BASE + 5
     assert store.delete("a") is None
     assert keys(store.clear()) == ["b"]
     assert (store.bytes, len(store), store.evictions) == (0, 0, 0)

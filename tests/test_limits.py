@@ -162,7 +162,7 @@ def test_resource_exhausted_only_when_every_session_is_busy(
             with pytest.raises(ResourceExhausted) as refused:
                 query(client.session("busy-refused"), 20)
             assert time.monotonic() - started < 5
-            assert "maximum of 3 sessions, all busy" in refused.value.message
+            assert "maximum of 3 sessions (max_sessions), all busy" in refused.value.message
             assert registry.get("busy-refused") is None
             assert len(registry) == 3
         for thread in threads:
@@ -240,7 +240,7 @@ def test_entries_beyond_the_limit_are_evicted_least_recently_used_first(
 def test_bytes_beyond_the_budget_are_evicted_least_recently_used_first(
     database_url: str, make_server: MakeServer
 ) -> None:
-    budget = 4000  # an entry of one person with its address is ~1.6 KB
+    budget = 10_000  # one person, its key, SQL and rendering: ~4.3 KB
     server = make_server(database_url, max_bytes_per_session=budget)
     with Client(server.target, timeout=30) as client:
         session = client.session("bytes")

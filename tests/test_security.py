@@ -45,7 +45,7 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from client import Client, SessionNotFound, Unauthenticated, Unavailable
 from client.walkthrough import run as walk_through
 from server import config
-from server.interceptors import session_label
+from server.keys import ServerKeys
 from sesscache.v1 import sesscache_pb2 as pb
 from sesscache.v1 import sesscache_pb2_grpc as pb_grpc
 from tests.conftest import settings_for
@@ -238,17 +238,22 @@ def _calls_for_the_log(target: str, session_id: str) -> None:
 
 def test_tokens_never_logged_and_session_ids_hashed_with_auth_on(sqlite_url: str) -> None:
     session_id = "alice-private-session-4711"
-    process = ServerProcess(process_args(sqlite_url), env={"SESSCACHE_AUTH_TOKENS": TOKENS}).start()
+    secret = "a-test-secret"
+    process = ServerProcess(
+        process_args(sqlite_url), env={"SESSCACHE_AUTH_TOKENS": TOKENS, "SESSCACHE_SECRET": secret}
+    ).start()
     try:
         _calls_for_the_log(process.target, session_id)
     finally:
         assert process.stop() == 0
     log = process.log()
-    for secret in ("tok-a", "tok-b", "tok-admin", "tok-wrong-secret", "Bearer"):
-        assert secret not in log
+    for token in ("tok-a", "tok-b", "tok-admin", "tok-wrong-secret", "Bearer"):
+        assert token not in log
     assert session_id not in log
-    label = session_label(session_id, hashed=True)
+    label = ServerKeys(secret).session_label(("alice", session_id))
     assert label.startswith("h:")
+    assert label != ServerKeys("another-secret").session_label(("alice", session_id))
+    assert label != ServerKeys(secret).session_label(("bob", session_id))
     assert f"QueryPersons session={label} status=OK" in log
     # Refused calls are logged too, before their session is looked at.
     assert "QueryPersons session=- status=UNAUTHENTICATED" in log
