@@ -107,6 +107,11 @@ class Settings:
         "session is ended",
         default=10_000,
     )
+    max_cache_bytes: int = _opt(
+        "approximate bytes all session caches may hold together; beyond it the least recently "
+        "used idle session of the principal holding the most bytes is ended",
+        default=1024 * 1024 * 1024,
+    )
     max_watchers: int = _opt("WatchCacheEvents streams open at once, server-wide", default=64)
     max_watchers_per_principal: int = _opt(
         "WatchCacheEvents streams one principal may have open at once", default=8
@@ -144,6 +149,8 @@ class Settings:
     def limits(self) -> Limits:
         return Limits(
             max_sessions=self.max_sessions,
+            max_sessions_per_principal=self.max_sessions_per_principal,
+            max_cache_bytes=self.max_cache_bytes,
             idle_timeout=None if self.session_idle_timeout < 0 else self.session_idle_timeout,
             max_entries=self.max_entries_per_session,
             max_bytes=self.max_bytes_per_session,
@@ -158,6 +165,7 @@ class Settings:
             "max_sessions",
             "watch_buffer",
             "max_sessions_per_principal",
+            "max_cache_bytes",
             "max_watchers",
             "max_watchers_per_principal",
             "max_concurrent_streams",

@@ -128,6 +128,7 @@ class SessionCacheServicer(pb_grpc.SessionCacheServicer):
                 served = self.service.serve_hit(state, persons)
                 if served is None:
                     served = await self._in_thread(state, self.service.query_persons, persons)
+                    self.registry.trim()
         response = served.response
         status = response.cache_status
         if status == pb.CACHE_STATUS_HIT:

@@ -80,7 +80,9 @@ class Limits:
     """Bounds on the registry's memory.
 
     ``max_sessions``: live sessions at most. ``max_sessions_per_principal``:
-    live sessions one principal may hold. ``idle_timeout``: seconds of
+    live sessions one principal may hold. ``max_cache_bytes``: bytes every
+    session cache may hold together (see :meth:`SessionRegistry.trim`).
+    ``idle_timeout``: seconds of
     inactivity after which :meth:`SessionRegistry.reap` ends a session
     (None: never). ``max_entries`` and ``max_bytes``: per-session cache
     bounds; the least recently used entries are evicted beyond them.
@@ -88,6 +90,7 @@ class Limits:
 
     max_sessions: int = 10_000
     max_sessions_per_principal: int = 10_000
+    max_cache_bytes: int | None = None
     idle_timeout: float | None = 1800.0
     max_entries: int | None = 1000
     max_bytes: int | None = 8 * 1024 * 1024
@@ -489,8 +492,9 @@ class SessionRegistry:
 
         At the principal's quota, its own least recently used idle session
         is ended. At the server's limit, the least recently used idle session
-        of the principal holding the most sessions is: one principal never
-        evicts another that holds fewer sessions than it does.
+        of the principal holding the most sessions is (the next principal's
+        when all of those are busy): one principal never evicts another that
+        holds fewer sessions than it does.
         """
         limits = self.limits
         mine = self._by_principal.get(principal)
@@ -506,7 +510,10 @@ class SessionRegistry:
             )
         if len(self._states) < limits.max_sessions:
             return
+        held = len(mine) if mine is not None else 0
         for states in sorted(self._by_principal.values(), key=len, reverse=True):
+            if len(states) < held:
+                break  # never a principal holding fewer sessions than the caller's
             if self._evict_idle(states):
                 return
         self.limits_hit["max_sessions"] += 1
@@ -515,6 +522,30 @@ class SessionRegistry:
             "all busy; end sessions you no longer need (EndSession) or retry later",
             limit="max_sessions",
         )
+
+    def trim(self) -> int:
+        """Keep every session cache together within ``limits.max_cache_bytes``.
+
+        While over it, the least recently used idle session of the principal
+        whose sessions hold the most bytes is ended (so one principal filling
+        the server ends its own sessions first). Returns the sessions ended;
+        O(sessions ended + principals).
+        """
+        limit = self.limits.max_cache_bytes
+        ended = 0
+        if limit is None or self.bytes <= limit:
+            return ended
+        with self._lock:
+            while self.bytes > limit:
+                by_bytes = sorted(
+                    self._by_principal, key=lambda p: self._usage.get(p, (0, 0))[1], reverse=True
+                )
+                if not any(self._evict_idle(self._by_principal[p]) for p in by_bytes):
+                    break
+                ended += 1
+            if ended:
+                self.limits_hit["max_cache_bytes"] += 1
+        return ended
 
     def _evict_idle(self, states: OrderedDict[ScopeKey, SessionState]) -> bool:
         """End the least recently used idle session of ``states``; False if all are busy."""

@@ -403,3 +403,85 @@ def test_close_all_ends_every_session(registry: SessionRegistry) -> None:
     assert all(state.ended for state in states)
     assert len(registry) == 0
     assert not any(has_session(registry, state.key) for state in states)
+
+
+def test_quota_per_principal_evicts_that_principals_own_sessions() -> None:
+    """At its quota a principal ends its own least recently used idle session; at the
+    server's limit, the principal holding the most sessions gives one up, never one
+    holding fewer."""
+    registry = make_registry(Limits(max_sessions=6, max_sessions_per_principal=4))
+    try:
+        alice = [registry.open(f"a{n}", principal="alice") for n in range(2)]
+        for state in alice:
+            registry.release(state)
+        for n in range(4):
+            registry.release(registry.open(f"b{n}", principal="bob"))
+        assert len(registry) == 6
+        registry.release(registry.open("b4", principal="bob"))  # bob at his quota
+        assert [s.session_id for s in registry.states() if s.principal == "bob"] == [
+            "b1",
+            "b2",
+            "b3",
+            "b4",
+        ]
+        assert not any(state.ended for state in alice)
+        registry.release(registry.open("a2", principal="alice"))  # server full: bob pays
+        assert not any(state.ended for state in alice)
+        assert registry.usage_of("bob")[2] == 3
+        assert registry.usage_of("alice")[2] == 3
+        assert registry.limits_hit == {}
+
+        # Alice holds as many as bob: when all of bob's are busy, hers may go.
+        busy = [registry.open(f"b{n}", principal="bob") for n in range(2, 5)]
+        busy.append(registry.open("b9", principal="bob"))
+        assert sum(state.ended for state in alice) == 1
+        with pytest.raises(RegistryFull) as refused:  # bob at his quota, all busy
+            registry.open("b10", principal="bob")
+        assert refused.value.limit == "max_sessions_per_principal"
+        # Alice now holds fewer than bob, so bob's next new session never ends hers.
+        registry.limits = Limits(max_sessions=6, max_sessions_per_principal=10)
+        with pytest.raises(RegistryFull) as refused:
+            registry.open("b10", principal="bob")
+        assert refused.value.limit == "max_sessions"
+        assert registry.limits_hit == {"max_sessions_per_principal": 1, "max_sessions": 1}
+        assert registry.usage_of("alice")[2] == 2
+        for state in busy:
+            registry.release(state)
+    finally:
+        registry.close_all()
+
+
+def test_handles_are_looked_up_and_forgotten_with_their_session(registry: SessionRegistry) -> None:
+    state = registry.open("s1", principal="p")
+    registry.release(state)
+    assert registry.by_handle(state.handle) is state
+    assert registry.page(after_serial=0, limit=10) == [state]
+    registry.end(state)
+    assert registry.by_handle(state.handle) is None
+    assert registry.page(after_serial=0, limit=10) == []
+
+
+def test_totals_follow_every_store_and_trim_ends_the_heaviest_principals_session() -> None:
+    registry = make_registry(Limits(max_cache_bytes=None))
+    try:
+        region = make_regions(registry.current_session)[LOCAL_REGION]
+        light = registry.open("light", principal="alice")
+        put(registry, region, light, 1)
+        registry.release(light)
+        heavy = [registry.open(f"h{n}", principal="bob") for n in range(3)]
+        for state in heavy:
+            put(registry, region, state, 3)
+            registry.release(state)
+        stores = [registry.store_of(state) for state in registry.states()]
+        assert registry.entries == sum(len(s) for s in stores if s is not None) == 10
+        assert registry.bytes == sum(s.bytes for s in stores if s is not None) > 0
+        assert registry.trim() == 0  # no limit
+
+        registry.limits = Limits(max_cache_bytes=registry.bytes - 1)
+        assert registry.trim() == 1
+        assert heavy[0].ended, "bob's least recently used session goes"
+        assert not light.ended
+        assert registry.limits_hit == {"max_cache_bytes": 1}
+        assert registry.entries == 7
+    finally:
+        registry.close_all()
