@@ -1,8 +1,8 @@
 """sesscache benchmarks: ``python -m bench`` (``make bench``).
 
 Every gRPC figure is a ratio to a *floor* measured in the same run: an
-empty unary RPC served by a grpc.aio server built with the same setup as
-the real one (:mod:`bench.floor`), measured in rounds alternating with the
+empty unary RPC served by a bare grpc.aio server (no interceptors, no
+logging: :mod:`bench.floor`), measured in rounds alternating with the
 sesscache rounds, seconds apart. Client and servers run in separate
 processes on loopback. :mod:`bench.library` times the library without gRPC.
 

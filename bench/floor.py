@@ -1,12 +1,14 @@
-"""The floor: an empty unary RPC served with the same setup as the sesscache server.
+"""The floor: an empty unary RPC on a bare ``grpc.aio.server()``.
 
-Same ``grpc.aio.server(interceptors=[AccessLogInterceptor(),
-ErrorInterceptor()])``, same logging configuration (``logging.basicConfig``
-on stderr with the server's format, at the server's default level, info, so
-each call writes its access-log line), same process model (one event loop,
-the default asyncio loop). The only method, :data:`METHOD`, takes and returns
-raw bytes through a generic handler: no protobuf, no servicer, no work. What
-a sesscache call costs beyond this is what sesscache itself costs.
+The physical floor of Python gRPC on this machine: no interceptors, no
+logging, the default asyncio loop, and one method, :data:`METHOD`, that takes
+and returns raw bytes through a generic handler (no protobuf, no servicer, no
+work). What a sesscache call costs beyond this is what sesscache costs,
+its own interceptors and access log included.
+
+``--same-stack`` serves the same empty method behind sesscache's own
+interceptors and access log instead (the floor earlier runs measured
+against; kept to show what that stack costs, never as the reference).
 
 ``python -m bench.floor --listen 127.0.0.1:0`` logs
 ``floor serving on HOST:PORT`` and serves until SIGTERM or SIGINT.
@@ -48,9 +50,10 @@ def handler() -> grpc.GenericRpcHandler[bytes, bytes]:
     return grpc.method_handlers_generic_handler(SERVICE, {"Empty": method})
 
 
-async def serve(listen: str) -> int:
+async def serve(listen: str, *, same_stack: bool = False) -> int:
     """Serve the floor on ``listen`` until SIGTERM or SIGINT."""
-    server = grpc.aio.server(interceptors=[AccessLogInterceptor(), ErrorInterceptor()])
+    interceptors = [AccessLogInterceptor(), ErrorInterceptor()] if same_stack else []
+    server = grpc.aio.server(interceptors=interceptors)
     server.add_generic_rpc_handlers((handler(),))
     try:
         port = server.add_insecure_port(listen)
@@ -72,15 +75,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     """``python -m bench.floor``: parse the flags, configure logging as the server does, serve."""
     parser = argparse.ArgumentParser(prog="python -m bench.floor", description=__doc__)
     parser.add_argument("--listen", default="127.0.0.1:0", help="HOST:PORT (port 0: any)")
-    parser.add_argument("--log-level", default="info", help="as the server's --log-level")
+    parser.add_argument(
+        "--same-stack",
+        action="store_true",
+        help="serve behind sesscache's interceptors and info-level access log (not bare)",
+    )
     args = parser.parse_args(argv)
+    # The serving line is the only log line, bare or not; the access log only
+    # writes with --same-stack.
     logging.basicConfig(
-        level=str(args.log_level).upper(),
+        level="INFO" if args.same_stack else "WARNING",
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
+    log.setLevel(logging.INFO)
     with contextlib.suppress(KeyboardInterrupt):
-        return asyncio.run(serve(str(args.listen)))
+        return asyncio.run(serve(str(args.listen), same_stack=bool(args.same_stack)))
     return 0
 
 

@@ -319,7 +319,7 @@ def format_table(results: Results) -> str:
             f"{m.cpu_ratio:>6.3f} {m.server_cpu_us:>7.0f} {wanted:>7} {met:>4}{flag}"
         )
     lines += [
-        "ratio: calls/s over the floor's (an empty RPC on the same server setup), median of the "
+        "ratio: calls/s over the floor's (an empty RPC on a bare grpc.aio server), median of the "
         "per-round ratios;",
         "spread: lowest-highest per-round ratio; cpu rt: floor server CPU per call over "
         "sesscache's; srv µs: sesscache server CPU per call (all threads)",

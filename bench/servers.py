@@ -124,7 +124,7 @@ class Child:
 
 
 def floor(log_path: Path) -> Child:
-    """The floor server (:mod:`bench.floor`) at the server's default log level."""
+    """The floor server (:mod:`bench.floor`): a bare grpc.aio server, an empty handler."""
     return Child("floor", ["-m", "bench.floor", "--listen", "127.0.0.1:0"], log_path)
 
 
