@@ -11,7 +11,7 @@ GEN    := sesscache/v1/sesscache_pb2.py sesscache/v1/sesscache_pb2.pyi \
           sesscache/v1/sesscache_pb2_grpc.py sesscache/v1/sesscache_pb2_grpc.pyi
 PYTEST_ARGS ?=
 
-.PHONY: all setup proto run test lint typecheck pytest bench soak scale-demo clean
+.PHONY: all setup node-deps proto run test lint typecheck pytest bench soak scale-demo clean
 
 all: test
 
@@ -28,6 +28,26 @@ $(GEN) &: $(PROTO) $(STAMP)
 	PATH="$(abspath $(BIN)):$$PATH" $(PY) -m grpc_tools.protoc -Iprotos \
 	    --python_out=. --grpc_python_out=. --mypy_out=quiet:. --mypy_grpc_out=quiet:. $(PROTO)
 
+# The Node test client's npm packages (tests/test_grpc_js.py), reinstalled when
+# package.json changes. No lock file is written. Without node and npm this warns
+# and the test skips, except under CI=true, where it is an error.
+NODE_DIR   := tests/node
+NODE_STAMP := $(NODE_DIR)/node_modules/.installed
+
+node-deps: $(NODE_STAMP)
+
+$(NODE_STAMP): $(NODE_DIR)/package.json
+	@if ! command -v node >/dev/null 2>&1 || ! command -v npm >/dev/null 2>&1; then \
+	    if [ "$$CI" = true ]; then \
+	        echo "error: node and npm are needed for tests/test_grpc_js.py (apt-get install nodejs npm)" >&2; \
+	        exit 1; \
+	    fi; \
+	    echo "warning: node or npm not found: tests/test_grpc_js.py will be skipped" >&2; \
+	else \
+	    cd $(NODE_DIR) && npm install --no-package-lock --no-audit --no-fund --loglevel=error && \
+	    touch node_modules/.installed; \
+	fi
+
 proto: $(STAMP)
 	rm -f $(GEN)
 	$(MAKE) $(GEN)
@@ -42,7 +62,7 @@ lint: setup
 typecheck: setup
 	$(BIN)/mypy
 
-pytest: setup
+pytest: setup node-deps
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 test: lint typecheck pytest
@@ -58,4 +78,4 @@ scale-demo: setup
 	$(PY) -m scale $(ARGS)
 
 clean:
-	rm -rf $(VENV) $(GEN) .mypy_cache .ruff_cache .pytest_cache .hypothesis
+	rm -rf $(VENV) $(GEN) .mypy_cache .ruff_cache .pytest_cache .hypothesis $(NODE_DIR)/node_modules
