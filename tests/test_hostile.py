@@ -528,10 +528,6 @@ def _let_go(server: ServerThread, states: list[Any]) -> None:
     server.run(release())
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: Settings.limits() drops max_sessions_per_principal, so the setting has no effect",
-)
 def test_per_principal_quota_ends_the_principals_own_idle_session(
     make_server: Callable[..., ServerThread], sqlite: str
 ) -> None:
@@ -626,11 +622,6 @@ def test_watchers_per_principal_are_bounded(
         raw.close()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: at max_sessions, when every session of the principal holding the most is "
-    "busy, _make_room evicts the idle sessions of principals holding fewer",
-)
 def test_a_principal_with_busy_sessions_never_evicts_one_holding_fewer(
     make_server: Callable[..., ServerThread], sqlite: str
 ) -> None:
