@@ -107,9 +107,7 @@ class Settings:
         "session is ended",
         default=10_000,
     )
-    max_watchers: int = _opt(
-        "WatchCacheEvents streams open at once, server-wide", default=64
-    )
+    max_watchers: int = _opt("WatchCacheEvents streams open at once, server-wide", default=64)
     max_watchers_per_principal: int = _opt(
         "WatchCacheEvents streams one principal may have open at once", default=8
     )
@@ -175,6 +173,8 @@ class Settings:
                 raise ValueError(f"{name} must not be negative")
         if self.grace < 0:
             raise ValueError("grace must not be negative")
+        if self.http_idle_timeout <= 0:
+            raise ValueError("http_idle_timeout must be positive")
         if bool(self.tls_cert) != bool(self.tls_key):
             raise ValueError("tls_cert and tls_key go together")
         if self.tls_client_ca and not self.tls_cert:
