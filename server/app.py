@@ -35,6 +35,7 @@ from sqlalchemy.orm import sessionmaker
 
 from server import auth, config
 from server.health import DrainingHealthServicer
+from server.http import HttpServer, make_app
 from server.inspection import Inspector
 from server.interceptors import AccessLogInterceptor, ErrorInterceptor
 from server.keys import ServerKeys
@@ -107,6 +108,7 @@ class Running:
     inspector: Inspector
     servicer: SessionCacheServicer
     metrics: Metrics | None = None
+    http: HttpServer | None = None
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
 
     async def stop(self, grace: float) -> None:
@@ -127,8 +129,8 @@ class Running:
         self.executor.shutdown(wait=False, cancel_futures=True)
         self.registry.close_all()
         self.engine.dispose()
-        if self.metrics is not None:
-            self.metrics.close()
+        if self.http is not None:
+            await self.http.stop()
 
 
 async def start(settings: config.Settings, engine: Engine) -> Running:
@@ -199,20 +201,28 @@ async def start(settings: config.Settings, engine: Engine) -> Running:
             ) from None
         raise OSError(f"cannot listen on {settings.listen}: {error}") from None
     await server.start()
+    http: HttpServer | None = None
     if metrics is not None:
         try:
-            metrics_port = metrics.serve(http_listen)
-        except OSError as error:
+            http = HttpServer(
+                make_app(metrics, health_servicer),
+                http_listen,
+                max_connections=settings.http_max_connections,
+                idle_timeout=settings.http_idle_timeout,
+                metrics=metrics,
+            )
+            await http.start()
+        except (OSError, ValueError):  # already "cannot serve HTTP on HOST:PORT: ..."
             await server.stop(0)
             executor.shutdown()
-            raise OSError(f"cannot serve HTTP on {http_listen}: {error}") from None
-        host = http_listen.rpartition(":")[0] or "127.0.0.1"
-        log.info("metrics on http://%s:%d/metrics", host, metrics_port)
+            raise
+        log.info("metrics on %s/metrics", http.url)
     for name in ("", SERVICE_NAME):
         await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
     running = Running(
         server, port, health_servicer, registry, executor, engine, inspector, servicer, metrics
     )
+    running.http = http
     running.tasks.append(asyncio.create_task(_upkeep(registry, list(regions.values()))))
     return running
 

@@ -181,6 +181,8 @@ class Settings:
                 raise ValueError(f"{name} must not be negative")
         if self.grace < 0:
             raise ValueError("grace must not be negative")
+        if self.http_idle_timeout <= 0:
+            raise ValueError("http_idle_timeout must be positive")
         if bool(self.tls_cert) != bool(self.tls_key):
             raise ValueError("tls_cert and tls_key go together")
         if self.tls_client_ca and not self.tls_cert:

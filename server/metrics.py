@@ -1,4 +1,4 @@
-"""Prometheus metrics on an HTTP port (``--metrics-listen HOST:PORT``).
+"""Prometheus metrics, served at ``/metrics`` by :mod:`server.http` (``--http-listen``).
 
 The cache counters, session and entry gauges are read from the
 :class:`~server.inspection.Inspector` and the registry when Prometheus
@@ -12,11 +12,10 @@ them (Prometheus counters never go down).
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Iterator
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Histogram, start_http_server
+from prometheus_client import CollectorRegistry, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
@@ -51,6 +50,14 @@ class CacheCollector(Collector):
         ended = CounterMetricFamily("sesscache_sessions_ended", "Sessions ended, for any reason")
         ended.add_metric([], self.registry.sessions_ended)
         yield ended
+        limits = CounterMetricFamily(
+            "sesscache_limit_hits",
+            "Times a limit refused a call or cut a page short, by setting name",
+            labels=["limit"],
+        )
+        for limit, count in sorted((self.registry.limits_hit + self.inspector.limits_hit).items()):
+            limits.add_metric([limit], count)
+        yield limits
         entries, size = server_totals(self.registry)
         for name, documentation, value in (
             ("sesscache_sessions", "Live sessions", len(self.registry)),
@@ -63,7 +70,7 @@ class CacheCollector(Collector):
 
 
 class Metrics:
-    """The metrics registry, its HTTP endpoint, and the latency histogram."""
+    """The metrics registry and the latency histogram."""
 
     def __init__(self, inspector: Inspector, registry: SessionRegistry) -> None:
         self.registry = CollectorRegistry()
@@ -76,9 +83,6 @@ class Metrics:
             buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
         )
         self._children: dict[tuple[str, str, str], Any] = {}
-        self.port = 0
-        self._server: Any = None
-        self._thread: threading.Thread | None = None
 
     def observe(self, method: str, status: str, cache: str, seconds: float) -> None:
         key = (method, status, cache)
@@ -86,21 +90,3 @@ class Metrics:
         if child is None:
             child = self._children[key] = self.latency.labels(method, status, cache)
         child.observe(seconds)
-
-    def serve(self, listen: str) -> int:
-        """Serve ``/metrics`` on ``listen`` (HOST:PORT; port 0 picks one); return the port."""
-        host, _, port = listen.rpartition(":")
-        self._server, self._thread = start_http_server(
-            int(port), addr=host or "127.0.0.1", registry=self.registry
-        )
-        self.port = int(self._server.server_port)
-        return self.port
-
-    def close(self) -> None:
-        if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
-            self._server = None
-        if self._thread is not None:
-            self._thread.join(5)
-            self._thread = None

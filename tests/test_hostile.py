@@ -654,11 +654,6 @@ def _free_port() -> int:
         return int(probe.getsockname()[1])
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: http_idle_timeout and http_max_connections are never applied "
-    "(the metrics endpoint is prometheus_client's start_http_server, unbounded)",
-)
 def test_a_silent_http_connection_is_closed(
     make_server: Callable[..., ServerThread], sqlite: str
 ) -> None:
