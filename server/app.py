@@ -13,8 +13,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
+import importlib.metadata
 import logging
 import os
+import platform
 import signal
 import socket
 import sys
@@ -28,12 +30,11 @@ from pathlib import Path
 import grpc
 from dogpile.cache.region import CacheRegion
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
 from sqlalchemy import Engine, make_url
 from sqlalchemy.exc import ArgumentError, DatabaseError, NoSuchModuleError
 from sqlalchemy.orm import sessionmaker
 
-from server import auth, config
+from server import auth, config, reflection
 from server.health import DrainingHealthServicer
 from server.http import HttpServer, make_app
 from server.inspection import Inspector
@@ -43,7 +44,7 @@ from server.metrics import Metrics
 from server.paging import PageTokens
 from server.service import PersonService
 from server.servicer import SessionCacheServicer
-from sesscache import db
+from sesscache import __version__, db
 from sesscache.backend import SharedMemoryBackend
 from sesscache.caching import QueryCache
 from sesscache.regions import SHARED_REGION, RegionSettings, make_regions
@@ -164,6 +165,7 @@ async def start(settings: config.Settings, engine: Engine) -> Running:
         inspector=inspector,
         watch_buffer=settings.watch_buffer,
         max_response_bytes=settings.max_response_bytes,
+        info=server_info(settings, engine),
     )
 
     http_listen = settings.effective_http_listen()
@@ -178,13 +180,8 @@ async def start(settings: config.Settings, engine: Engine) -> Running:
     pb_grpc.add_SessionCacheServicer_to_server(servicer, server)
     health_servicer = DrainingHealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-    reflection.enable_server_reflection(
-        (
-            SERVICE_NAME,
-            health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
-            reflection.SERVICE_NAME,
-        ),
-        server,
+    reflection.enable(
+        server, (SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name)
     )
     try:
         credentials = server_credentials(settings)
@@ -225,6 +222,41 @@ async def start(settings: config.Settings, engine: Engine) -> Running:
     running.http = http
     running.tasks.append(asyncio.create_task(_upkeep(registry, list(regions.values()))))
     return running
+
+
+def server_info(settings: config.Settings, engine: Engine) -> pb.ServerInfo:
+    """What GetServerInfo tells about this process (but its uptime)."""
+    info = pb.ServerInfo(
+        version=__version__,
+        python_version=f"{platform.python_version()} ({platform.python_implementation()})",
+        library_versions={name: _installed(name) for name in LIBRARIES},
+        database_kind=engine.dialect.name,
+        database_url=_safe_url(engine),
+        settings=config.described(settings),
+        replica=f"{socket.gethostname()}:{os.getpid()}",
+    )
+    info.started.FromNanoseconds(time.time_ns())
+    return info
+
+
+#: Distributions whose versions GetServerInfo reports.
+LIBRARIES = (
+    "grpcio",
+    "protobuf",
+    "SQLAlchemy",
+    "dogpile.cache",
+    "aiohttp",
+    "psycopg",
+    "redis",
+    "prometheus-client",
+)
+
+
+def _installed(name: str) -> str:
+    try:
+        return importlib.metadata.version(name)
+    except importlib.metadata.PackageNotFoundError:
+        return "not installed"
 
 
 def _regions(

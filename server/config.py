@@ -17,6 +17,7 @@ from dataclasses import MISSING, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from sesscache import __version__
 from sesscache.registry import Limits
 
 ENV_PREFIX = "SESSCACHE_"
@@ -218,6 +219,35 @@ class Settings:
         return self.shared_region_backend, arguments
 
 
+#: Settings whose values are secrets: shown as "***" when set.
+SECRET_SETTINGS = frozenset({"auth_tokens", "secret", "page_token_secret"})
+
+
+def described(settings: Settings) -> dict[str, str]:
+    """Every setting as text, secrets masked, URLs without their passwords."""
+    shown: dict[str, str] = {}
+    for f in fields(Settings):
+        value = getattr(settings, f.name)
+        if f.name in SECRET_SETTINGS:
+            text = "***" if value else ""
+        elif f.name in ("database_url", "redis_url") and value:
+            text = mask_url(str(value))
+        else:
+            text = str(value)
+        shown[f.name] = text
+    return shown
+
+
+def mask_url(url: str) -> str:
+    """``url`` with any password replaced by ``***``."""
+    scheme, separator, rest = url.partition("://")
+    if not separator or "@" not in rest:
+        return url
+    credentials, _, host = rest.rpartition("@")
+    user, has_password, _ = credentials.partition(":")
+    return f"{scheme}://{user}{':***' if has_password else ''}@{host}"
+
+
 def environment_variables() -> list[str]:
     """The name of every environment variable the server reads."""
     return [ENV_PREFIX + f.name.upper() for f in fields(Settings)]
@@ -242,6 +272,7 @@ def parser() -> argparse.ArgumentParser:
         prog="python -m server",
         description="sesscache gRPC server: ORM queries through a session-local cache.",
     )
+    result.add_argument("--version", action="version", version=f"sesscache {__version__}")
     for f in fields(Settings):
         env = ENV_PREFIX + f.name.upper()
         default = f.default if f.default is not MISSING else None

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections.abc import AsyncIterator, Callable, Iterable
 from concurrent.futures import Executor
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -84,6 +85,7 @@ class SessionCacheServicer(pb_grpc.SessionCacheServicer):
         inspector: Inspector,
         watch_buffer: int = 1000,
         max_response_bytes: int = 1024 * 1024,
+        info: pb.ServerInfo | None = None,
     ) -> None:
         self.registry = registry
         self.service = service
@@ -93,6 +95,8 @@ class SessionCacheServicer(pb_grpc.SessionCacheServicer):
         self.inspector = inspector
         self.watch_buffer = watch_buffer
         self.max_response_bytes = max_response_bytes
+        #: What GetServerInfo says, but the uptime (see server.app.server_info).
+        self.info = info or pb.ServerInfo()
         self._abandon = asyncio.Event()
         self._known_requests: Memo[bytes, requests.PersonsRequest] = Memo(
             requests.known_request_size,
@@ -403,6 +407,16 @@ class SessionCacheServicer(pb_grpc.SessionCacheServicer):
                 yield event_message(event, lost, self.inspector)
         finally:
             subscription.close()
+
+    async def GetServerInfo(
+        self, request: pb.GetServerInfoRequest, context: Context
+    ) -> pb.ServerInfo:
+        info = pb.ServerInfo()
+        info.CopyFrom(self.info)
+        info.uptime.FromNanoseconds(max(time.time_ns() - self.info.started.ToNanoseconds(), 0))
+        if not current_principal().admin:
+            info.ClearField("settings")  # limits and set-up are the operators' business
+        return info
 
     # -- the shape every call shares -----------------------------------------------
 

@@ -16,3 +16,5 @@ The library behind the sesscache gRPC service:
 
 Importing the package has no side effects.
 """
+
+__version__ = "0.1.0"
