@@ -19,8 +19,9 @@ turns them into statuses.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from concurrent.futures import Executor
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -29,7 +30,7 @@ from sqlalchemy.orm import object_session
 
 from server import requests
 from server.auth import current_principal
-from server.errors import InvalidArgument, NotFound, PermissionDenied
+from server.errors import InvalidArgument, NotFound, PermissionDenied, ResourceExhausted
 from server.inspection import (
     EVENT_TYPES_BY_VALUE,
     Inspector,
@@ -85,6 +86,8 @@ class SessionCacheServicer(pb_grpc.SessionCacheServicer):
         regions: dict[str, CacheRegion],
         inspector: Inspector,
         watch_buffer: int = 1000,
+        max_watchers: int = 64,
+        max_watchers_per_principal: int = 8,
     ) -> None:
         self.registry = registry
         self.service = service
@@ -93,6 +96,10 @@ class SessionCacheServicer(pb_grpc.SessionCacheServicer):
         self.regions = regions
         self.inspector = inspector
         self.watch_buffer = watch_buffer
+        self.max_watchers = max_watchers
+        self.max_watchers_per_principal = max_watchers_per_principal
+        #: WatchCacheEvents streams open, by principal.
+        self.watchers: collections.Counter[str] = collections.Counter()
         self._abandon = asyncio.Event()
         self._known_requests: dict[bytes, requests.PersonsRequest] = {}
 
@@ -340,18 +347,47 @@ class SessionCacheServicer(pb_grpc.SessionCacheServicer):
                     requests.SESSION_ID_KEY, "name the session to watch, or set all_sessions"
                 )
             session = (self._principal(context), session_id)
-        subscription = self.inspector.events.subscribe(
-            session=session, types=types, capacity=self.watch_buffer
-        )
+        with self._watcher_slot(self._principal(context)):
+            subscription = self.inspector.events.subscribe(
+                session=session, types=types, capacity=self.watch_buffer
+            )
+            try:
+                # Response headers now, not with the first event: once a client has
+                # them, its subscription is in place and it misses nothing after.
+                await context.send_initial_metadata(())
+                while (item := await subscription.next()) is not None:
+                    event, lost = item
+                    yield event_message(event, lost, self.inspector)
+            finally:
+                subscription.close()
+
+    @contextlib.contextmanager
+    def _watcher_slot(self, principal: str) -> Iterator[None]:
+        """One of the WatchCacheEvents slots, held until the stream ends (however
+        it ends: the client's cancel, its deadline, the server's shutdown);
+        RESOURCE_EXHAUSTED when the principal's or the server's are all taken."""
+        mine = self.watchers[principal]
+        if mine >= self.max_watchers_per_principal:
+            self.inspector.limit_hit("max_watchers_per_principal")
+            raise ResourceExhausted(
+                f"{_principal_text(principal)} has {mine} WatchCacheEvents streams open "
+                f"(max_watchers_per_principal = {self.max_watchers_per_principal}); "
+                "close one or raise --max-watchers-per-principal"
+            )
+        total = self.watchers.total()
+        if total >= self.max_watchers:
+            self.inspector.limit_hit("max_watchers")
+            raise ResourceExhausted(
+                f"the server has {total} WatchCacheEvents streams open "
+                f"(max_watchers = {self.max_watchers}); close one or raise --max-watchers"
+            )
+        self.watchers[principal] += 1
         try:
-            # Response headers now, not with the first event: once a client has
-            # them, its subscription is in place and it misses nothing after.
-            await context.send_initial_metadata(())
-            while (item := await subscription.next()) is not None:
-                event, lost = item
-                yield event_message(event, lost, self.inspector)
+            yield
         finally:
-            subscription.close()
+            self.watchers[principal] -= 1
+            if not self.watchers[principal]:
+                del self.watchers[principal]
 
     # -- the shape every call shares -----------------------------------------------
 
@@ -498,6 +534,13 @@ def _no_session(session_id: str) -> str:
         f"no session {session_id!r} on this server: it was never used, was ended or reaped, "
         "or the server restarted (sessions live in server memory)"
     )
+
+
+def _principal_text(name: str) -> str:
+    """How a refusal names a principal: quoted, at most 64 characters of it."""
+    if not name:
+        return "the anonymous principal (authentication is off)"
+    return f"principal {name[:64]!r}" + ("..." if len(name) > 64 else "")
 
 
 def _live_objects(entry: Entry) -> int:
