@@ -164,6 +164,8 @@ async def start(settings: config.Settings, engine: Engine) -> Running:
         regions=regions,
         inspector=inspector,
         watch_buffer=settings.watch_buffer,
+        max_watchers=settings.max_watchers,
+        max_watchers_per_principal=settings.max_watchers_per_principal,
         max_response_bytes=settings.max_response_bytes,
         info=server_info(settings, engine),
     )

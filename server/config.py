@@ -100,7 +100,8 @@ class Settings:
         "PEM CA bundle; when set, clients must present a certificate it signed", default=""
     )
     watch_buffer: int = _opt(
-        "events buffered per WatchCacheEvents subscriber; a slower reader loses events",
+        "events kept per watched session (and for all-session watchers); a reader further "
+        "behind loses the oldest",
         default=1000,
     )
     max_sessions_per_principal: int = _opt(

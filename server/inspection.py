@@ -6,6 +6,7 @@ invalidations, SQL emitted and saved): it keeps the server-wide
 :class:`~sesscache.stats.Counters` and publishes every event on the
 :class:`~sesscache.events.EventBus` that ``WatchCacheEvents`` reads. Per
 session counters live on each :class:`~sesscache.registry.SessionState`.
+It also counts the times each limit was hit (:meth:`Inspector.limit_hit`).
 
 The ``*_message`` functions turn entries, counters, sessions and events into
 their protobuf messages. Reading an entry for inspection is never an access.
@@ -13,8 +14,9 @@ their protobuf messages. Reading an entry for inspection is never an access.
 
 from __future__ import annotations
 
+import collections
+import threading
 import time
-from collections import Counter
 from collections.abc import Mapping
 
 from google.protobuf.timestamp_pb2 import Timestamp
@@ -50,12 +52,10 @@ class Inspector:
         self._label: Label = label or (lambda key: key[1])
         self.counters = Counters()
         self.events = EventBus()
-        #: Times each limit was hit, by setting name (beside the registry's own).
-        self.limits_hit: Counter[str] = Counter()
-
-    def limit_hit(self, name: str) -> None:
-        """Count one hit of the limit set by setting ``name``."""
-        self.limits_hit[name] += 1
+        #: Times each limit was hit, by the limit's setting name (e.g.
+        #: "max_watchers"): calls refused, pages cut short.
+        self.limits_hit: collections.Counter[str] = collections.Counter()
+        self._limits_lock = threading.Lock()
 
     # -- RegistryObserver ----------------------------------------------------
 
@@ -114,6 +114,11 @@ class Inspector:
             self.events.publish(
                 EventType.INVALIDATE, session, region=entry.region, key=entry.key, rows=entry.rows
             )
+
+    def limit_hit(self, name: str) -> None:
+        """Count one hit of the limit set by setting ``name`` (from any thread)."""
+        with self._limits_lock:
+            self.limits_hit[name] += 1
 
     def label(self, key: ScopeKey) -> str:
         """How a session appears to inspection: its id, or a keyed hash with auth on."""

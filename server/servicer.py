@@ -19,9 +19,10 @@ turns them into statuses.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import time
-from collections.abc import AsyncIterator, Callable, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator
 from concurrent.futures import Executor
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -30,7 +31,7 @@ from sqlalchemy.orm import object_session
 
 from server import requests
 from server.auth import current_principal
-from server.errors import InvalidArgument, NotFound, PermissionDenied, quote
+from server.errors import InvalidArgument, NotFound, PermissionDenied, ResourceExhausted, quote
 from server.inspection import (
     EVENT_TYPES_BY_VALUE,
     Inspector,
@@ -86,6 +87,8 @@ class SessionCacheServicer(pb_grpc.SessionCacheServicer):
         watch_buffer: int = 1000,
         max_response_bytes: int = 1024 * 1024,
         info: pb.ServerInfo | None = None,
+        max_watchers: int = 64,
+        max_watchers_per_principal: int = 8,
     ) -> None:
         self.registry = registry
         self.service = service
@@ -97,6 +100,10 @@ class SessionCacheServicer(pb_grpc.SessionCacheServicer):
         self.max_response_bytes = max_response_bytes
         #: What GetServerInfo says, but the uptime (see server.app.server_info).
         self.info = info or pb.ServerInfo()
+        self.max_watchers = max_watchers
+        self.max_watchers_per_principal = max_watchers_per_principal
+        #: WatchCacheEvents streams open, by principal.
+        self.watchers: collections.Counter[str] = collections.Counter()
         self._abandon = asyncio.Event()
         self._known_requests: Memo[bytes, requests.PersonsRequest] = Memo(
             requests.known_request_size,
@@ -395,18 +402,47 @@ class SessionCacheServicer(pb_grpc.SessionCacheServicer):
                     requests.SESSION_ID_KEY, "name the session to watch, or set all_sessions"
                 )
             session = (self._principal(context), session_id)
-        subscription = self.inspector.events.subscribe(
-            session=session, types=types, capacity=self.watch_buffer
-        )
+        with self._watcher_slot(self._principal(context)):
+            subscription = self.inspector.events.subscribe(
+                session=session, types=types, capacity=self.watch_buffer
+            )
+            try:
+                # Response headers now, not with the first event: once a client has
+                # them, its subscription is in place and it misses nothing after.
+                await context.send_initial_metadata(())
+                while (item := await subscription.next()) is not None:
+                    event, lost = item
+                    yield event_message(event, lost, self.inspector)
+            finally:
+                subscription.close()
+
+    @contextlib.contextmanager
+    def _watcher_slot(self, principal: str) -> Iterator[None]:
+        """One of the WatchCacheEvents slots, held until the stream ends (however
+        it ends: the client's cancel, its deadline, the server's shutdown);
+        RESOURCE_EXHAUSTED when the principal's or the server's are all taken."""
+        mine = self.watchers[principal]
+        if mine >= self.max_watchers_per_principal:
+            self.inspector.limit_hit("max_watchers_per_principal")
+            raise ResourceExhausted(
+                f"{_principal_text(principal)} has {mine} WatchCacheEvents streams open "
+                f"(max_watchers_per_principal = {self.max_watchers_per_principal}); "
+                "close one or raise --max-watchers-per-principal"
+            )
+        total = self.watchers.total()
+        if total >= self.max_watchers:
+            self.inspector.limit_hit("max_watchers")
+            raise ResourceExhausted(
+                f"the server has {total} WatchCacheEvents streams open "
+                f"(max_watchers = {self.max_watchers}); close one or raise --max-watchers"
+            )
+        self.watchers[principal] += 1
         try:
-            # Response headers now, not with the first event: once a client has
-            # them, its subscription is in place and it misses nothing after.
-            await context.send_initial_metadata(())
-            while (item := await subscription.next()) is not None:
-                event, lost = item
-                yield event_message(event, lost, self.inspector)
+            yield
         finally:
-            subscription.close()
+            self.watchers[principal] -= 1
+            if not self.watchers[principal]:
+                del self.watchers[principal]
 
     async def GetServerInfo(
         self, request: pb.GetServerInfoRequest, context: Context
@@ -574,6 +610,13 @@ def _no_session(session_id: str) -> str:
         f"no session {quote(session_id)} on this server: it was never used, was ended or "
         "reaped, or the server restarted (sessions live in server memory)"
     )
+
+
+def _principal_text(name: str) -> str:
+    """How a refusal names a principal: quoted, at most 64 characters of it."""
+    if not name:
+        return "the anonymous principal (authentication is off)"
+    return f"principal {name[:64]!r}" + ("..." if len(name) > 64 else "")
 
 
 def _live_objects(entry: Entry) -> int:

@@ -591,11 +591,6 @@ def test_max_sessions_evicts_from_the_principal_holding_most(
         raw.close()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: max_watchers and max_watchers_per_principal are never applied "
-    "(WatchCacheEvents subscribes without any limit)",
-)
 def test_watchers_per_principal_are_bounded(
     make_server: Callable[..., ServerThread], sqlite: str
 ) -> None:
