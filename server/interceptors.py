@@ -204,12 +204,13 @@ class AccessLogInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg
     ) -> UnaryBehavior:
         async def unary(request: Any, context: Context) -> Any:
             record = CallRecord(method)
-            token = _current.set(record)
+            # Each call runs in a task of its own, with a context of its own: the
+            # record is set for this call only, with nothing to reset.
+            _current.set(record)
             started = time.perf_counter()
             try:
                 return await behavior(request, context)
             finally:
-                _current.reset(token)
                 _log(record, context, started, label, observe)
 
         return unary
@@ -220,13 +221,14 @@ class AccessLogInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg
     ) -> StreamBehavior:
         async def stream(request: Any, context: Context) -> AsyncIterator[Any]:
             record = CallRecord(method)
-            token = _current.set(record)
+            # Not reset: a stream cancelled by its client is closed from another
+            # context, where resetting would raise (the call's own task ends anyway).
+            _current.set(record)
             started = time.perf_counter()
             try:
                 async for response in behavior(request, context):
                     yield response
             finally:
-                _current.reset(token)
                 _log(record, context, started, label, observe)
 
         return stream
