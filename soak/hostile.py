@@ -248,7 +248,7 @@ class HostileResult:
     @property
     def checks(self) -> list[Check]:
         config = self.config
-        bob = self.statuses("bob", "hostile")
+        bob = self.statuses("bob")
         refused = {code: n for code, n in bob.items() if code != "OK"}
         watch = self.by_kind("bob", "hostile").get("watch", Counter())
         alice = self.statuses("alice")
