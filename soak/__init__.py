@@ -22,6 +22,9 @@ It prints the calls made, the errors (must be 0), RSS at start, peak and
 end, and the sessions and entries evicted and expired (counted from the
 server's debug log). :func:`run` returns a :class:`SoakResult`;
 ``python -m soak`` exits 1 when the result is not :attr:`SoakResult.ok`.
+
+``python -m soak --hostile`` is the variant with a hostile principal's
+traffic mixed in: see :mod:`soak.hostile` (and :mod:`soak.traffic`).
 """
 
 from __future__ import annotations

@@ -7,6 +7,9 @@ lines for each eviction and expiry (sessions evicted to make room, sessions
 expired after idling, cache entries evicted or expired), and keeps the last
 lines for error reports. :meth:`ServerChild.rss` is the resident memory of
 the process (psutil); :meth:`ServerChild.metrics` reads ``/metrics``.
+Both soak modes (:mod:`soak` and :mod:`soak.hostile`) start their server
+with it; ``env`` adds variables such as ``SESSCACHE_AUTH_TOKENS``, and
+``log_level`` other than debug leaves the eviction counts at 0.
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ import sys
 import threading
 import time
 import urllib.request
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import Self
@@ -33,6 +36,10 @@ from server.child import SERVING_LINE, die_with_parent
 ROOT = Path(__file__).resolve().parents[1]
 
 _METRICS = re.compile(r"metrics on http://(\S+):(\d+)/metrics")
+#: The start of a log record (continuation lines, e.g. of a traceback, lack it).
+_RECORD = re.compile(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d")
+MAX_BLOCKS = 5
+MAX_BLOCK_LINES = 60
 #: Debug lines of sesscache.registry and sesscache.backend, by what they count.
 EVENTS = {
     "sessions_evicted": re.compile(r"sesscache\.registry: session (\S+) evicted to make room"),
@@ -45,14 +52,23 @@ EVENTS = {
 class ServerChild:
     """``python -m server ARGS`` in a child process, its log followed by a thread."""
 
-    def __init__(self, args: Sequence[str]) -> None:
+    def __init__(
+        self,
+        args: Sequence[str],
+        *,
+        env: Mapping[str, str] | None = None,
+        log_level: str = "debug",
+    ) -> None:
+        #: Extra environment variables (e.g. ``SESSCACHE_AUTH_TOKENS``: kept off the
+        #: command line, where process listings would show them).
+        self.env = dict(env or {})
         self.command = [
             sys.executable,
             "-m",
             "server",
             "--listen=127.0.0.1:0",
             "--metrics-listen=127.0.0.1:0",
-            "--log-level=debug",
+            f"--log-level={log_level}",
             *args,
         ]
         self.port: int | None = None
@@ -61,6 +77,9 @@ class ServerChild:
         #: Ids of the sessions the server evicted or reaped (its debug lines name them).
         self.ended_by_server: set[str] = set()
         self.problems: list[str] = []  # ERROR / Traceback lines
+        #: The first ERROR records and tracebacks whole, continuation lines included.
+        self.problem_texts: list[list[str]] = []
+        self._block: list[str] | None = None
         self.tail: collections.deque[str] = collections.deque(maxlen=200)
         self._ready = threading.Event()
         self._process: subprocess.Popen[str] | None = None
@@ -81,7 +100,7 @@ class ServerChild:
         self._process = subprocess.Popen(
             self.command,
             cwd=ROOT,
-            env={**os.environ, "PYTHONPATH": str(ROOT)},
+            env={**os.environ, **self.env, "PYTHONPATH": str(ROOT)},
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
@@ -116,14 +135,29 @@ class ServerChild:
                             self.ended_by_server.add(match.group(1))
                         break
                 continue
-            if " ERROR " in line or " CRITICAL " in line or line.startswith("Traceback"):
+            problem = " ERROR " in line or " CRITICAL " in line or line.startswith("Traceback")
+            if problem:
                 self.problems.append(line)
+            self._keep_problem_text(line, problem)
             if self.port is None and (match := SERVING_LINE.search(line)):
                 self.port = int(match.group(2))
             if self.metrics_port is None and (match := _METRICS.search(line)):
                 self.metrics_port = int(match.group(2))
             if self.port is not None and self.metrics_port is not None:
                 self._ready.set()
+
+    def _keep_problem_text(self, line: str, problem: bool) -> None:
+        """Each ERROR record (or stray traceback) with the lines that carry on from it."""
+        if _RECORD.match(line) and not problem:
+            self._block = None
+        elif problem and (self._block is None or _RECORD.match(line)):
+            if len(self.problem_texts) < MAX_BLOCKS:
+                self._block = [line]
+                self.problem_texts.append(self._block)
+            else:
+                self._block = None
+        elif self._block is not None and len(self._block) < MAX_BLOCK_LINES:
+            self._block.append(line)
 
     def rss(self) -> int:
         """Resident memory of the server process, bytes."""
