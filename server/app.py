@@ -34,7 +34,7 @@ from sqlalchemy import Engine, make_url
 from sqlalchemy.exc import ArgumentError, DatabaseError, NoSuchModuleError
 from sqlalchemy.orm import sessionmaker
 
-from server import auth, config, reflection
+from server import auth, config, memory, reflection
 from server.health import DrainingHealthServicer
 from server.http import HttpServer, make_app
 from server.inspection import Inspector
@@ -335,17 +335,29 @@ def _expiration(seconds: float) -> float | None:
     return None if seconds < 0 else seconds
 
 
+#: Sessions ended since the last trim that make the upkeep give memory back.
+TRIM_AFTER_SESSIONS = 64
+
+
 async def _upkeep(registry: SessionRegistry, regions: list[CacheRegion]) -> None:
-    """Now and then: end idle sessions, drop expired entries."""
+    """Now and then: end idle sessions, drop expired entries, give freed memory back."""
     timeout = registry.limits.idle_timeout
     interval = 30.0 if timeout is None else max(0.05, min(timeout / 4, 30.0))
+    trimmed_at = registry.sessions_ended
     while True:
-        await asyncio.sleep(interval)
+        await asyncio.sleep(min(interval, 5.0))
         registry.reap()
         for region in regions:
             sweep = getattr(region.backend, "sweep", None)
             if sweep is not None:
                 sweep()
+        if registry.sessions_ended - trimmed_at >= TRIM_AFTER_SESSIONS and not registry.entries:
+            # A burst is over (nothing cached now): hand its pages back.
+            trimmed_at = registry.sessions_ended
+            memory.trim()
+        elif registry.sessions_ended - trimmed_at >= 16 * TRIM_AFTER_SESSIONS:
+            trimmed_at = registry.sessions_ended
+            memory.trim()
 
 
 async def serve(settings: config.Settings, engine: Engine) -> int:
@@ -376,6 +388,7 @@ def _safe_url(engine: Engine) -> str:
 def main(argv: Sequence[str] | None = None) -> int:
     """``python -m server``: parse settings, prepare the database, serve."""
     settings = config.load(argv)
+    memory.limit_arenas()  # before any thread starts
     logging.basicConfig(
         level=settings.log_level.upper(),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",

@@ -35,7 +35,7 @@ MAX_KEY = 100_000
 _HANDLE = re.compile(r"[0-9a-f]{16}")
 #: Validated QueryPersons requests are remembered by their bytes, in at most this
 #: many bytes, and only requests of up to KNOWN_REQUEST_MAX bytes.
-KNOWN_REQUESTS_BYTES = 8 * 1024 * 1024
+KNOWN_REQUESTS_BYTES = 4 * 1024 * 1024
 KNOWN_REQUEST_MAX = 2048
 _VIEWS = frozenset(pb.PersonView.values())
 

@@ -45,8 +45,8 @@ log = logging.getLogger(__name__)
 RESPONSE_RENDERING = "QueryPersonsResponse"
 
 #: Bytes the remembered cache keys of query shapes may hold, and one at most.
-KNOWN_KEYS_BYTES = 8 * 1024 * 1024
-KNOWN_KEY_MAX = 64 * 1024
+KNOWN_KEYS_BYTES = 4 * 1024 * 1024
+KNOWN_KEY_MAX = 16 * 1024
 
 #: How much more memory a message holds than its serialized bytes (upb messages,
 #: measured with tracemalloc on small QueryPersons responses), plus a fixed cost.

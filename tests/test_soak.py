@@ -12,9 +12,8 @@ really happened.
 The hostile one (:mod:`soak.hostile`, 10 s split 4/4/2 between quiet,
 hostile and idle, ~20 s in all) is read by two tests: what today's server
 already guarantees (no INTERNAL/UNKNOWN, bob's refusals RESOURCE_EXHAUSTED,
-alice served), and, marked xfail until the server enforces its watcher
-limits, bounds its request memo and closes cancelled streams cleanly, the
-watch storm refused, the memory back and no ERROR in the server's log. Its
+alice served), and the watch storm refused, the memory back and no ERROR
+in the server's log. Its
 p50 ratio bound is loose (4): in a run this short it is noise.
 """
 
@@ -133,12 +132,6 @@ def test_a_short_hostile_soak_serves_alice_and_never_fails_internally(
     assert min(int(served.group(1)), int(served.group(2))) > 100, output
 
 
-@pytest.mark.xfail(
-    reason="the server does not enforce max_watchers_per_principal nor bound its request "
-    "memo yet, and now and then logs a ValueError when a client cancels a watch stream "
-    "(hardening issue); drop this mark once it does not",
-    strict=False,
-)
 def test_a_short_hostile_soak_refuses_the_watch_storm_and_returns_memory(
     hostile: subprocess.CompletedProcess[str],
 ) -> None:
