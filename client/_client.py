@@ -387,6 +387,11 @@ class Client:
 
     # Server-wide inspection (admin ones need the admin role when authentication is on).
 
+    def server_info(self) -> sesscache_pb2.ServerInfo:
+        """What the server is: version, uptime, libraries, database, settings (admins
+        see the settings, secrets masked) and replica."""
+        return self._call(self._stub.GetServerInfo, sesscache_pb2.GetServerInfoRequest(), None)
+
     def server_stats(self) -> sesscache_pb2.CacheStats:
         """The server-wide cache statistics (every session, ended ones too, and the
         shared region's entries)."""

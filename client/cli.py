@@ -35,7 +35,7 @@ import os
 import sys
 import time
 from collections.abc import Callable, Collection, Iterable, Sequence
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import TextIO
 
 from google.protobuf import duration_pb2, timestamp_pb2
@@ -269,6 +269,30 @@ def cmd_health(client: Client, args: argparse.Namespace) -> int:
     status = client.health(args.service)
     print(status)
     return EXIT_OK if status == "SERVING" else EXIT_ERROR
+
+
+def cmd_info(client: Client, args: argparse.Namespace) -> int:
+    """Print what the server is: version, uptime, libraries, database, settings, replica."""
+    info = client.server_info()
+    uptime = info.uptime.ToTimedelta()
+    rows = [
+        ("version", info.version),
+        ("uptime", str(uptime - timedelta(microseconds=uptime.microseconds))),
+        ("started", _format_timestamp(info.started)),
+        ("python", info.python_version),
+        ("database", f"{info.database_kind}  {info.database_url}"),
+        ("replica", info.replica),
+        *sorted(info.library_versions.items()),
+    ]
+    width = max(len(name) for name, _ in rows)
+    for name, value in rows:
+        print(f"{name:<{width}}  {value}")
+    if info.settings:
+        print("settings:")
+        width = max(len(name) for name in info.settings)
+        for name, value in sorted(info.settings.items()):
+            print(f"  {name:<{width}}  {value}")
+    return EXIT_OK
 
 
 def cmd_stats(client: Client, args: argparse.Namespace) -> int:
@@ -687,6 +711,13 @@ def _add_health_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentP
     parser.set_defaults(handler=cmd_health)
 
 
+def _add_info_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    parser = subparsers.add_parser(
+        "info", help="what the server is: version, uptime, settings", description=cmd_info.__doc__
+    )
+    parser.set_defaults(handler=cmd_info)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the tool, one subparser per command."""
     parser = argparse.ArgumentParser(
@@ -716,6 +747,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_keys_parser(subparsers)
     _add_end_parser(subparsers)
     _add_health_parser(subparsers)
+    _add_info_parser(subparsers)
     _add_stats_parser(subparsers)
     _add_sessions_parser(subparsers)
     _add_invalidate_parser(subparsers)

@@ -24,6 +24,7 @@ from server.config import mask_url
 from server.reflection import V1_SERVICE_NAME
 from sesscache.v1 import sesscache_pb2 as pb
 from sesscache.v1 import sesscache_pb2_grpc as pb_grpc
+from tests.support.cli import run_cli
 from tests.support.servers import ROOT, ServerThread
 
 TOKENS = "tok-a=alice,tok-root=root:admin"
@@ -116,3 +117,17 @@ def test_reflection_v1_and_v1alpha_list_services_and_resolve_bad_request(
     )
     assert found.WhichOneof("message_response") == "file_descriptor_response"
     assert found.file_descriptor_response.file_descriptor_proto
+
+
+def test_cli_info_prints_the_server_info(
+    auth_server: ServerThread, capsys: pytest.CaptureFixture[str]
+) -> None:
+    status, out, err = run_cli(capsys, auth_server, "--token", "tok-root", "info")
+    assert status == 0, err
+    pairs = [line.split(None, 1) for line in out.splitlines() if line and line[0] != " "]
+    lines = dict(pair for pair in pairs if len(pair) == 2)
+    assert lines["version"].strip() == sesscache.__version__
+    assert lines["database"].startswith("sqlite")
+    assert lines["uptime"].startswith("0:00:")
+    assert "  auth_tokens" in out
+    assert "s3cret-value" not in out
