@@ -339,6 +339,11 @@ def _expiration(seconds: float) -> float | None:
 TRIM_AFTER_SESSIONS = 64
 
 
+def idle(registry: SessionRegistry) -> bool:
+    """Whether the registry holds little: a burst of sessions has ended."""
+    return registry.entries <= TRIM_AFTER_SESSIONS and len(registry) <= TRIM_AFTER_SESSIONS
+
+
 async def _upkeep(registry: SessionRegistry, regions: list[CacheRegion]) -> None:
     """Now and then: end idle sessions, drop expired entries, give freed memory back."""
     timeout = registry.limits.idle_timeout
@@ -351,13 +356,12 @@ async def _upkeep(registry: SessionRegistry, regions: list[CacheRegion]) -> None
             sweep = getattr(region.backend, "sweep", None)
             if sweep is not None:
                 sweep()
-        if registry.sessions_ended - trimmed_at >= TRIM_AFTER_SESSIONS and not registry.entries:
-            # A burst is over (nothing cached now): hand its pages back.
+        ended = registry.sessions_ended - trimmed_at
+        if ended >= 16 * TRIM_AFTER_SESSIONS or (ended >= TRIM_AFTER_SESSIONS and idle(registry)):
+            # A burst is over: collect the cycles its sessions left (ORM objects
+            # refer to each other) and hand the freed pages back.
             trimmed_at = registry.sessions_ended
-            memory.trim()
-        elif registry.sessions_ended - trimmed_at >= 16 * TRIM_AFTER_SESSIONS:
-            trimmed_at = registry.sessions_ended
-            memory.trim()
+            memory.release()
 
 
 async def serve(settings: config.Settings, engine: Engine) -> int:

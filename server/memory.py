@@ -1,17 +1,20 @@
-"""Giving memory back to the system after a burst (glibc's allocator).
+"""Giving memory back to the system after a burst of sessions.
 
-Python frees the objects of an ended session at once, but glibc keeps the
-freed pages in its arenas, one arena per thread that ever allocated (up to
-8 per core): after a burst of thousands of sessions the process keeps its
-peak size, though nothing holds that memory. Two measures bring it back:
+What a burst of thousands of sessions leaves, once they end, is measured
+(tracemalloc, 3,000 sessions of one entry each: +106 MiB at the peak) as:
 
-- :func:`limit_arenas`, at start-up before any worker thread exists: two
-  arenas, so freed memory is pooled instead of spread over one arena per
-  database worker thread;
-- :func:`trim`, now and then after sessions end: ``malloc_trim(0)`` hands
-  free pages back to the system.
+- reference cycles (an ORM Person and its Addresses refer to each other):
+  garbage that waits for the next full collection, about a quarter of it;
+- free memory the allocators keep: pymalloc keeps an arena while any one
+  object in it lives, and glibc keeps freed pages in its arenas, one per
+  thread that ever allocated. Live Python objects after the burst: +0.8 MiB.
 
-Both do nothing where the C library is not glibc.
+So the server runs with ``PYTHONMALLOC=malloc`` (:mod:`server.__main__`
+re-executes itself with it unless PYTHONMALLOC is set), at most two glibc
+arenas (:func:`limit_arenas`, before any thread starts), and, once a burst is
+over, :func:`release`: a full garbage collection, then ``malloc_trim(0)``.
+
+The glibc calls do nothing where the C library is not glibc.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import functools
+import gc
 import logging
 
 log = logging.getLogger(__name__)
@@ -50,3 +54,10 @@ def trim() -> bool:
     """Return free heap pages to the system; True if some were."""
     libc = _glibc()
     return libc is not None and bool(libc.malloc_trim(0))
+
+
+def release() -> None:
+    """Collect garbage cycles, then hand free pages back (after a burst is over)."""
+    collected = gc.collect()
+    trimmed = trim()
+    log.debug("memory released: %d objects collected, pages returned: %s", collected, trimmed)
