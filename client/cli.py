@@ -42,6 +42,7 @@ from __future__ import annotations
 import argparse
 import collections
 import importlib.util
+import inspect
 import json
 import os
 import sys
@@ -423,7 +424,7 @@ def cmd_stats(client: Client, args: argparse.Namespace) -> int:
     """Print cache statistics: a session's and the server's, side by side.
 
     With ``--interval`` (or as ``top``), a repeating view instead: rates
-    between successive snapshots (see :func:`cmd_top`).
+    between successive snapshots (below).
     """
     interval: float | None = args.interval
     if interval is None and args.command == "top":
@@ -585,26 +586,65 @@ def _rich_available() -> bool:
 
 
 def _top_live(updates: Iterable[tuple[str, dict[str, float | int | None]]]) -> int:
-    """The rich live table of :func:`cmd_top` (rich is optional: imported here only)."""
+    """The rich live table of :func:`cmd_top`, one row per figure like ``varnishstat``:
+    its value over the last interval and its average since the start (rich is
+    optional: imported here only)."""
     from rich.console import Console
     from rich.live import Live
     from rich.table import Table
 
-    def render(scope: str, history: Sequence[list[str]]) -> Table:
-        table = Table(title=f"sesscache: {scope}", title_justify="left")
-        for name, _ in _TOP_COLUMNS:
-            table.add_column(name, justify="right")
-        for cells in history:
-            table.add_row(*cells)
+    rates = ("hits_per_second", "misses_per_second", "sql_saved_per_second")
+    rows = (
+        ("sessions", "sessions"),
+        ("hits/s", "hits_per_second"),
+        ("misses/s", "misses_per_second"),
+        ("hit ratio", "hit_ratio"),
+        ("sql saved/s", "sql_saved_per_second"),
+        ("entries", "entries"),
+        ("size", "size_bytes"),
+        ("evictions/s", "evictions_per_second"),
+    )
+    totals: collections.defaultdict[str, float] = collections.defaultdict(float)
+
+    def show(field: str, value: float | int | None) -> str:
+        if value is None:
+            return "-"
+        if field == "hit_ratio":
+            return _format_ratio(value)
+        if field == "size_bytes":
+            return _format_bytes(int(value))
+        return f"{value:.1f}" if field.endswith("_per_second") else str(value)
+
+    def render(title: str, now: dict[str, float | int | None], updates: int) -> Table:
+        table = Table(title=title, title_justify="left")
+        table.add_column("STATISTIC")
+        table.add_column("LAST INTERVAL", justify="right")
+        table.add_column("AVERAGE", justify="right")
+        for label, field in rows:
+            average: float | int | None = None
+            if updates and (field in rates or field == "evictions_per_second"):
+                average = totals[field] / updates
+            elif field == "hit_ratio" and totals["lookups"]:
+                average = totals["hits"] / totals["lookups"]
+            table.add_row(label, show(field, now.get(field)), show(field, average))
         return table
 
-    history: collections.deque[list[str]] = collections.deque(maxlen=20)
     console = Console(file=sys.stdout)
+    count = 0
     try:
-        with Live(render("waiting for the first interval", history), console=console) as live:
-            for scope, rates in updates:
-                history.append(_top_cells(rates))
-                live.update(render(scope, history), refresh=True)
+        waiting = render("sesscache: waiting for the first interval", {}, 0)
+        with Live(waiting, console=console) as live:
+            for scope, now in updates:
+                count += 1
+                for field in (*rates, "evictions_per_second"):
+                    totals[field] += float(now[field] or 0)
+                # Hits and lookups per interval, for the ratio over the whole run.
+                totals["hits"] += float(now["hits_per_second"] or 0)
+                totals["lookups"] += float(now["hits_per_second"] or 0) + float(
+                    now["misses_per_second"] or 0
+                )
+                stamp = datetime.now(UTC).strftime("%H:%M:%S")
+                live.update(render(f"sesscache: {scope}  {stamp}", now, count), refresh=True)
     except KeyboardInterrupt:
         pass
     return EXIT_OK
@@ -900,7 +940,8 @@ def _add_stats_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentPa
         "stats",
         aliases=["top"],
         help="cache statistics of a session and the server; top: a repeating view",
-        description=f"{cmd_stats.__doc__}\n{cmd_top.__doc__}",
+        description=f"{inspect.cleandoc(cmd_stats.__doc__ or '')}\n\n"
+        f"{inspect.cleandoc(cmd_top.__doc__ or '')}",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--session", metavar="ID", help="also show (or reset) this session's")

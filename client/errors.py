@@ -179,7 +179,7 @@ class Unavailable(SesscacheError):
 _CONNECT_FAILURE = re.compile(
     r"failed to connect|connection refused|connect failed|dns resolution failed|"
     r"name resolution|unreachable|socket closed|connection reset|handshake|"
-    r"no address|timeout occurred",
+    r"no address|timeout occurred|errors resolving|lookup failed|domain name not found",
     re.IGNORECASE,
 )
 _TLS_FAILURE = re.compile(r"ssl|tls|handshake|certificate", re.IGNORECASE)

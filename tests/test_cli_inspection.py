@@ -611,8 +611,10 @@ def test_top_on_a_terminal_is_a_live_table(
     argv = ["--target", server.target, "top", "--interval", "0.1", "--count", "2"]
     assert main(argv) == EXIT_OK
     screen = terminal.getvalue()
-    assert "HITS/S" in screen
     assert "sesscache: server" in screen
+    for label in ("LAST INTERVAL", "AVERAGE", "hits/s", "misses/s", "hit ratio", "sql saved/s"):
+        assert label in screen
+    assert "\033[" in screen, "drawn in place, with terminal control sequences"
 
 
 def test_top_without_rich_prints_plain_lines_on_a_terminal(
@@ -640,3 +642,15 @@ def test_the_client_imports_no_rich() -> None:
         check=False,
     )
     assert result.returncode == 0, result.stderr
+
+
+def test_top_of_a_non_admin_shows_its_principal(
+    capsys: pytest.CaptureFixture[str], make_server: MakeServer, sqlite_url: str
+) -> None:
+    guarded = make_server(sqlite_url, auth_tokens="u=user,root=root:admin")
+    top = ("top", "--interval", "0.1", "--count", "1")
+    status, out, err = cli(capsys, guarded, "--json", "--token", "u", *top)
+    assert (status, err) == (EXIT_OK, "")
+    assert _json(out)["scope"] == "principal"
+    status, out, _ = cli(capsys, guarded, "--json", "--token", "root", *top)
+    assert _json(out)["scope"] == "server"

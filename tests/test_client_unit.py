@@ -709,3 +709,21 @@ def test_cli_help_exits_0(capsys: pytest.CaptureFixture[str]) -> None:
 def test_format_table() -> None:
     table = format_table(["ID", "NAME"], [["7", "a\tb"], ["123", "c"]], right={0})
     assert table.splitlines() == [" ID  NAME", "---  ----", "  7  a b", "123  c"]
+
+
+@pytest.mark.parametrize(
+    ("message", "connection_failed"),
+    [
+        ("failed to connect to all addresses; last error: UNKNOWN: ipv4:127.0.0.1:1: "
+         "Failed to connect to remote host: connect: Connection refused (111)", True),
+        ("errors resolving nosuch.invalid:50051: [field:hostname lookup error:address lookup "
+         "failed for nosuch.invalid:50051: Domain name not found]", True),
+        ("the database is unavailable right now; cached results of existing sessions are "
+         "still served; retry later", False),
+        ("fake abort", False),
+    ],
+)  # fmt: skip
+def test_unavailable_tells_a_connection_failure_from_the_server(
+    message: str, connection_failed: bool
+) -> None:
+    assert client.Unavailable(message).connection_failed is connection_failed
