@@ -43,6 +43,7 @@ import argparse
 import collections
 import importlib.util
 import inspect
+import io
 import json
 import os
 import sys
@@ -1187,10 +1188,26 @@ def _make_client(args: argparse.Namespace) -> Client:
 
 def main(argv: list[str] | None = None) -> int:
     """Run the tool on ``argv`` (default: ``sys.argv[1:]``) and return the exit status."""
-    argv = sys.argv[1:] if argv is None else argv
-    parser = build_parser()
+    args = _parse(sys.argv[1:] if argv is None else argv)
+    if isinstance(args, int):
+        return args
+    handler: Handler = args.handler
     try:
-        args = parser.parse_args(argv)
+        with _make_client(args) as client:
+            return handler(client, args)
+    except KeyboardInterrupt:
+        return _fail("interrupted", 130)
+    except BrokenPipeError:  # e.g. `watch --json | head -1`: the reader is gone
+        _silence_stdout()
+        return EXIT_OK
+    except Exception as exc:  # the tool promises one line, never a traceback
+        return _report(exc, args)
+
+
+def _parse(argv: list[str]) -> argparse.Namespace | int:
+    """The parsed command line, or the exit status of a usage error or ``--help``."""
+    try:
+        return build_parser().parse_args(argv)
     except _ParserError as exc:
         options = argv[: argv.index("--")] if "--" in argv else argv
         if "--json" in options:
@@ -1199,14 +1216,15 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_USAGE
     except SystemExit as exc:  # --help: printed already
         return exc.code if isinstance(exc.code, int) else EXIT_USAGE
-    handler: Handler = args.handler
+
+
+def _silence_stdout() -> None:
+    """Point stdout at /dev/null, so the interpreter's last flush does not fail again."""
     try:
-        with _make_client(args) as client:
-            return handler(client, args)
-    except KeyboardInterrupt:
-        return _fail("interrupted", 130)
-    except Exception as exc:  # the tool promises one line, never a traceback
-        return _report(exc, args)
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError, io.UnsupportedOperation):
+        pass
 
 
 def _report(exc: Exception, args: argparse.Namespace) -> int:

@@ -483,6 +483,10 @@ def test_each_exit_status_has_a_real_case(
         EXIT_NOT_FOUND
     ), "a session that removed nothing"
     assert _unreachable(capsys, "health")[0] == EXIT_UNAVAILABLE
+    status, _, err = cli(capsys, server, "--timeout", "0.0001", "query", "--session", session_id)
+    assert status == EXIT_UNAVAILABLE, "a deadline that passed"
+    assert err.startswith("error: DEADLINE_EXCEEDED: no answer from 127.0.0.1:")
+    assert err.endswith(" within 0.0001s (see --timeout)\n")
     status, _, err = cli(capsys, server, "query", "--session", session_id, "--page-size", "-1")
     assert status == EXIT_INVALID_ARGUMENT
 
@@ -654,3 +658,19 @@ def test_top_of_a_non_admin_shows_its_principal(
     assert _json(out)["scope"] == "principal"
     status, out, _ = cli(capsys, guarded, "--json", "--token", "root", *top)
     assert _json(out)["scope"] == "server"
+
+
+class _ClosedPipe(io.StringIO):
+    """A stdout whose reader has gone (``python -m client ... | head -1``)."""
+
+    def write(self, text: str) -> int:
+        raise BrokenPipeError(32, "Broken pipe")
+
+
+def test_a_closed_pipe_ends_quietly(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, server: ServerThread
+) -> None:
+    capsys.readouterr()
+    monkeypatch.setattr(sys, "stdout", _ClosedPipe())
+    assert main(["--target", server.target, "--json", "health"]) == EXIT_OK
+    assert capsys.readouterr().err == ""
