@@ -541,7 +541,13 @@ def test_a_target_without_a_port_means_the_default_port(
     assert with_default_port("localhost") == "localhost:50051"
     assert with_default_port("[::1]") == "[::1]:50051"
     assert with_default_port("::1") == "[::1]:50051"
-    for untouched in ("127.0.0.1:6000", "[::1]:6000", "unix:/tmp/s.sock", "dns:///h:7", "dns:///h"):
+    for untouched in (
+        "127.0.0.1:6000",
+        "[::1]:6000",
+        "unix:sesscache.sock",
+        "dns:///h:7",
+        "dns:///h",
+    ):
         assert with_default_port(untouched) == untouched
 
 
