@@ -9,6 +9,7 @@ Failed calls raise the exceptions of ``client.errors`` (all subclasses of
 
 from client._client import (
     ALL_REGIONS,
+    DEFAULT_PORT,
     DEFAULT_TARGET,
     DEFAULT_TIMEOUT,
     LOCAL_REGION,
@@ -21,8 +22,11 @@ from client._client import (
     EventTypeArg,
     PersonViewArg,
     Session,
+    cache_digest,
+    enum_name,
     new_session_id,
     validate_session_id,
+    with_default_port,
 )
 from client.errors import (
     DeadlineExceeded,
@@ -39,6 +43,7 @@ from client.errors import (
 
 __all__ = [
     "ALL_REGIONS",
+    "DEFAULT_PORT",
     "DEFAULT_TARGET",
     "DEFAULT_TIMEOUT",
     "LOCAL_REGION",
@@ -60,7 +65,10 @@ __all__ = [
     "SessionNotFound",
     "Unauthenticated",
     "Unavailable",
+    "cache_digest",
+    "enum_name",
     "from_rpc_error",
     "new_session_id",
     "validate_session_id",
+    "with_default_port",
 ]

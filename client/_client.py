@@ -9,7 +9,7 @@ Example::
 
     with Client("127.0.0.1:50051") as client, client.session() as session:
         page = session.query_persons(name_first="person 10", name_last="person 20")
-        print(page.cache_status, [p.name for p in page.persons])
+        print(enum_name(page, "cache_status"), [p.name for p in page.persons])  # CACHE_STATUS_MISS
         print([entry.key for entry in session.list_cache_keys()])
 
 Inspection: :meth:`Session.get_stats`, :meth:`Session.reset_stats`, the
@@ -21,13 +21,18 @@ server-wide and admin calls are on :class:`Client` (:meth:`Client.server_stats`,
 
     with session.watch(types=["hit", "miss"]) as events:
         session.query_persons(name="person 10")
-        print(next(events).type)          # CACHE_EVENT_TYPE_MISS
+        print(enum_name(next(events), "type"))    # CACHE_EVENT_TYPE_MISS
     print(session.get_stats().session.hit_ratio)
+
+Enum fields of the generated messages read as plain ints (``page.cache_status``
+is ``2``), as protobuf's Python API has them; :func:`enum_name` gives the name
+(``CACHE_STATUS_HIT``), and ``repr(page)`` shows names too.
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import math
 import re
 import secrets
@@ -37,7 +42,7 @@ from types import TracebackType
 from typing import Literal, Self, TypeAlias, TypeVar
 
 import grpc
-from google.protobuf import duration_pb2
+from google.protobuf import duration_pb2, message
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from client.errors import (
@@ -51,6 +56,7 @@ from sesscache.v1 import sesscache_pb2, sesscache_pb2_grpc
 
 __all__ = [
     "ALL_REGIONS",
+    "DEFAULT_PORT",
     "DEFAULT_TARGET",
     "DEFAULT_TIMEOUT",
     "LOCAL_REGION",
@@ -63,11 +69,15 @@ __all__ = [
     "EventTypeArg",
     "PersonViewArg",
     "Session",
+    "cache_digest",
+    "enum_name",
     "new_session_id",
     "validate_session_id",
+    "with_default_port",
 ]
 
-DEFAULT_TARGET = "127.0.0.1:50051"
+DEFAULT_PORT = 50051
+DEFAULT_TARGET = f"127.0.0.1:{DEFAULT_PORT}"
 DEFAULT_TIMEOUT = 10.0
 #: The gRPC service name, as registered with the health service.
 SERVICE_NAME: str = sesscache_pb2.DESCRIPTOR.services_by_name["SessionCache"].full_name
@@ -127,6 +137,53 @@ def validate_session_id(session_id: str) -> str:
             field_violations=[(SESSION_ID_METADATA_KEY, f"{description}, got {session_id!r}")],
         )
     return session_id
+
+
+def enum_name(msg: message.Message, field: str) -> str:
+    """The name of the enum value in ``msg.<field>``, e.g. ``CACHE_STATUS_HIT``.
+
+    Protobuf's Python API reads enum fields as ints; this is the name the proto
+    gives the value (the number as text for a value the proto does not know).
+    """
+    descriptor = msg.DESCRIPTOR.fields_by_name[field]
+    if descriptor.enum_type is None:
+        raise TypeError(f"{msg.DESCRIPTOR.full_name}.{field} is not an enum field")
+    number: int = getattr(msg, field)
+    value = descriptor.enum_type.values_by_number.get(number)
+    return value.name if value is not None else str(number)
+
+
+def cache_digest(key: str) -> str:
+    """The digest the server lists for cache ``key`` (``CacheEntry.digest``).
+
+    The contract (``CacheEntry.digest`` in sesscache.proto: "a short, stable
+    digest of key (hex)") is BLAKE2b of the UTF-8 key with a 6-byte digest, as
+    12 hex characters; the server computes it the same way.
+    """
+    return hashlib.blake2b(key.encode(), digest_size=6).hexdigest()
+
+
+# gRPC's name syntaxes (its naming doc): targets in them are passed on as they are.
+_SCHEMES = re.compile(r"^(unix|unix-abstract|dns|ipv4|ipv6|vsock|xds|google-c2p):", re.I)
+
+
+def with_default_port(target: str, port: int = DEFAULT_PORT) -> str:
+    """``target`` with ``port`` added when it names a host without one.
+
+    ``127.0.0.1`` -> ``127.0.0.1:50051``, ``localhost`` -> ``localhost:50051``,
+    ``[::1]`` or ``::1`` -> ``[::1]:50051``; a target with a port, or in a gRPC
+    name syntax (``unix:``, ``dns:``, ``ipv4:``, ...), is returned unchanged.
+    (gRPC itself takes a bare host to mean port 443.)
+    """
+    if not target or _SCHEMES.match(target):
+        return target
+    if target.startswith("["):
+        return target if "]:" in target else f"{target}:{port}"
+    if target.count(":") >= 2:  # a bare IPv6 address: no port possible
+        return f"[{target}]:{port}"
+    if ":" in target:
+        return target  # host:port, or a scheme such as unix:/path or dns:///host
+    return f"{target}:{port}"
 
 
 def new_session_id() -> str:
@@ -391,6 +448,11 @@ class Client:
         """What the server is: version, uptime, libraries, database, settings (admins
         see the settings, secrets masked) and replica."""
         return self._call(self._stub.GetServerInfo, sesscache_pb2.GetServerInfoRequest(), None)
+
+    def get_stats(self) -> sesscache_pb2.GetStatsResponse:
+        """The statistics this caller may see, without a session: ``.server`` (admins)
+        and ``.principal`` (every session of the caller's principal)."""
+        return self._call(self._stub.GetStats, sesscache_pb2.GetStatsRequest(), None)
 
     def server_stats(self) -> sesscache_pb2.CacheStats:
         """The server-wide cache statistics (every session, ended ones too, and the

@@ -14,13 +14,23 @@ Commands::
                                            remove cache entries; print what was removed
     watch       --session ID | --all  [--type T ...] [--count N] [--duration S]
                                            live cache events, one line each, as they come
+    info                                   what the server is: version, uptime, settings
+    top         [--session ID] [--interval S] [--count N]
+                                           (also ``stats --interval S``) a repeating view of
+                                           hits/s, misses/s, hit ratio, SQL saved/s, entries
 
 Connection options come before the command: ``--target`` (env ``SESSCACHE_TARGET``,
-default 127.0.0.1:50051), ``--timeout``, ``--token`` (env ``SESSCACHE_TOKEN``),
-``--tls-ca``, ``--tls-cert``/``--tls-key``.
+default 127.0.0.1:50051; a host without a port means port 50051), ``--timeout``,
+``--token`` (env ``SESSCACHE_TOKEN``), ``--tls-ca``, ``--tls-cert``/``--tls-key``.
 
-Exit status: 0 on success, 2 for a usage error or INVALID_ARGUMENT, 1 for any
-other error (printed as one ``error: ...`` line on stderr, never a traceback).
+``--json`` (before or after the command) prints one JSON object on stdout
+(``watch`` and ``top``: one per line, per event or update), the response
+messages as ``google.protobuf.json_format`` renders them with the proto's field
+names and enum value names; an error is then one JSON object on stderr,
+``{"error": {"code": ..., "message": ..., "field_violations": [...]}}``.
+
+Exit status: see :data:`EXIT_CODES` (also in ``--help``). Errors are one
+``error: ...`` line on stderr, never a traceback.
 
 To add a command: write ``cmd_<name>(client, args) -> int`` and an
 ``_add_<name>_parser(subparsers)`` that registers it with ``set_defaults(handler=...)``,
@@ -31,31 +41,94 @@ from __future__ import annotations
 
 import argparse
 import collections
+import importlib.util
+import inspect
+import io
+import json
 import os
 import sys
 import time
 from collections.abc import Callable, Collection, Iterable, Sequence
 from datetime import UTC, datetime, timedelta
-from typing import TextIO
+from typing import Any, NoReturn, TextIO
 
-from google.protobuf import duration_pb2, timestamp_pb2
+from google.protobuf import duration_pb2, json_format, message, timestamp_pb2
 
 from client._client import (
+    DEFAULT_PORT,
     DEFAULT_TARGET,
     DEFAULT_TIMEOUT,
     Client,
     EntryOrderArg,
+    EventStream,
     EventTypeArg,
     PersonViewArg,
+    cache_digest,
+    enum_name,
+    with_default_port,
 )
-from client.errors import InvalidArgument, SesscacheError
+from client.errors import (
+    DeadlineExceeded,
+    InvalidArgument,
+    PermissionDenied,
+    ResourceExhausted,
+    SesscacheError,
+    SessionNotFound,
+    Unauthenticated,
+    Unavailable,
+)
 from sesscache.v1 import sesscache_pb2
 
-__all__ = ["EXIT_ERROR", "EXIT_OK", "EXIT_USAGE", "build_parser", "format_table", "main"]
+__all__ = [
+    "EXIT_CODES",
+    "EXIT_DENIED",
+    "EXIT_ERROR",
+    "EXIT_INVALID_ARGUMENT",
+    "EXIT_NOT_FOUND",
+    "EXIT_OK",
+    "EXIT_RESOURCE_EXHAUSTED",
+    "EXIT_UNAVAILABLE",
+    "EXIT_USAGE",
+    "build_parser",
+    "format_table",
+    "main",
+]
 
 EXIT_OK = 0
 EXIT_ERROR = 1
 EXIT_USAGE = 2
+EXIT_NOT_FOUND = 3
+EXIT_UNAVAILABLE = 4
+EXIT_INVALID_ARGUMENT = 5
+EXIT_DENIED = 6
+EXIT_RESOURCE_EXHAUSTED = 7
+
+#: The exit statuses of the tool, written once: ``--help`` prints this table, and
+#: the README copies it.
+EXIT_CODES: tuple[tuple[int, str], ...] = (
+    (EXIT_OK, "success"),
+    (EXIT_ERROR, "any other error (e.g. health not SERVING, INTERNAL)"),
+    (EXIT_USAGE, "usage: a bad command line"),
+    (EXIT_NOT_FOUND, "not found: no such session, or invalidate removed nothing"),
+    (EXIT_UNAVAILABLE, "cannot reach the server, UNAVAILABLE, or the --timeout passed"),
+    (EXIT_INVALID_ARGUMENT, "INVALID_ARGUMENT: a value the server (or client) refused"),
+    (EXIT_DENIED, "UNAUTHENTICATED or PERMISSION_DENIED"),
+    (EXIT_RESOURCE_EXHAUSTED, "RESOURCE_EXHAUSTED: a server limit refused the call"),
+)
+
+#: The exit status of each client error (any other: EXIT_ERROR).
+_ERROR_EXITS: tuple[tuple[type[SesscacheError], int], ...] = (
+    (SessionNotFound, EXIT_NOT_FOUND),
+    (Unavailable, EXIT_UNAVAILABLE),
+    (DeadlineExceeded, EXIT_UNAVAILABLE),
+    (InvalidArgument, EXIT_INVALID_ARGUMENT),
+    (Unauthenticated, EXIT_DENIED),
+    (PermissionDenied, EXIT_DENIED),
+    (ResourceExhausted, EXIT_RESOURCE_EXHAUSTED),
+)
+
+#: Characters of a cache key shown by ``query`` (``--long``: all of it).
+KEY_PREVIEW = 60
 
 TARGET_ENV = "SESSCACHE_TARGET"
 TOKEN_ENV = "SESSCACHE_TOKEN"  # noqa: S105 (a variable name, not a secret)
@@ -65,6 +138,39 @@ Handler = Callable[[Client, argparse.Namespace], int]
 
 class UsageError(Exception):
     """A bad command line the parser could not catch (e.g. an unreadable file)."""
+
+
+class _ParserError(Exception):
+    """Raised by the parser instead of printing and exiting (see :class:`_Parser`)."""
+
+    def __init__(self, message: str, usage: str) -> None:
+        super().__init__(message)
+        self.usage = usage
+
+
+class _Parser(argparse.ArgumentParser):
+    """An ArgumentParser whose errors :func:`main` prints (as text, or as JSON)."""
+
+    def error(self, message: str) -> NoReturn:
+        raise _ParserError(message, f"{self.format_usage()}{self.prog}: error: {message}\n")
+
+
+# JSON output.
+
+
+def _as_dict(msg: message.Message) -> dict[str, Any]:
+    """A message as JSON-ready data: the proto's field names, enum value names,
+    every field (zeros too), int64 as numbers."""
+    return json_format.MessageToDict(
+        msg,
+        preserving_proto_field_name=True,
+        always_print_fields_with_no_presence=True,
+        unquote_int64_if_possible=True,
+    )
+
+
+def _print_json(data: object, file: TextIO | None = None) -> None:
+    print(json.dumps(data, ensure_ascii=False), file=file or sys.stdout, flush=True)
 
 
 # Formatting helpers.
@@ -117,7 +223,8 @@ def _format_bytes(size: int) -> str:
 
 
 def _cache_status_name(status: sesscache_pb2.CacheStatus.ValueType) -> str:
-    return sesscache_pb2.CacheStatus.Name(status).removeprefix("CACHE_STATUS_")
+    name = enum_name(sesscache_pb2.QueryPersonsResponse(cache_status=status), "cache_status")
+    return name.removeprefix("CACHE_STATUS_")
 
 
 def _event_type_name(value: sesscache_pb2.CacheEventType.ValueType) -> str:
@@ -175,6 +282,9 @@ def cmd_query(client: Client, args: argparse.Namespace) -> int:
         page_token=args.page_token,
         view=view,
     )
+    if args.json:
+        _print_json(_as_dict(response))
+        return EXIT_OK
     if not response.persons:
         print("no persons")
     elif args.basic:
@@ -183,9 +293,13 @@ def cmd_query(client: Client, args: argparse.Namespace) -> int:
     else:
         headers = ["ID", "NAME", "STREET", "POSTAL CODE", "CITY", "COUNTRY"]
         print(format_table(headers, _person_rows(response.persons), right={0}))
+    key = _cell(response.cache_key)
+    if not args.long and len(key) > KEY_PREVIEW:
+        key = key[:KEY_PREVIEW] + "..."
+    digest = cache_digest(response.cache_key) if response.cache_key else "-"
     print(
         f"cache: {_cache_status_name(response.cache_status)}  "
-        f"sql statements: {response.sql_statements}  key: {_cell(response.cache_key) or '-'}"
+        f"sql statements: {response.sql_statements}  digest: {digest}  key: {key or '-'}"
     )
     if response.next_page_token:
         print(f"next page token: {response.next_page_token}")
@@ -219,6 +333,9 @@ def cmd_keys(client: Client, args: argparse.Namespace) -> int:
         entries = client.session(args.session).list_cache_keys(
             page_size=args.page_size, region=args.region, entity=args.entity, order_by=order
         )
+    if args.json:
+        _print_json({"entries": [_as_dict(entry) for entry in entries]})
+        return EXIT_OK
     if not entries:
         print("no cache entries")
         return EXIT_OK
@@ -259,6 +376,9 @@ def _entries_table(
 def cmd_end(client: Client, args: argparse.Namespace) -> int:
     """End a session and print whether it existed and how many cache keys it dropped."""
     response = client.session(args.session).end()
+    if args.json:
+        _print_json(_as_dict(response))
+        return EXIT_OK
     existed = "yes" if response.existed else "no"
     print(f"session: {args.session}  existed: {existed}  keys dropped: {response.keys_dropped}")
     return EXIT_OK
@@ -267,13 +387,19 @@ def cmd_end(client: Client, args: argparse.Namespace) -> int:
 def cmd_health(client: Client, args: argparse.Namespace) -> int:
     """Print the serving status; succeed only if it is SERVING (a container healthcheck)."""
     status = client.health(args.service)
-    print(status)
+    if args.json:
+        _print_json({"status": status})
+    else:
+        print(status)
     return EXIT_OK if status == "SERVING" else EXIT_ERROR
 
 
 def cmd_info(client: Client, args: argparse.Namespace) -> int:
     """Print what the server is: version, uptime, libraries, database, settings, replica."""
     info = client.server_info()
+    if args.json:
+        _print_json(_as_dict(info))
+        return EXIT_OK
     uptime = info.uptime.ToTimedelta()
     rows = [
         ("version", info.version),
@@ -296,25 +422,232 @@ def cmd_info(client: Client, args: argparse.Namespace) -> int:
 
 
 def cmd_stats(client: Client, args: argparse.Namespace) -> int:
-    """Print cache statistics: a session's and the server's, side by side."""
+    """Print cache statistics: a session's and the server's, side by side.
+
+    With ``--interval`` (or as ``top``), a repeating view instead: rates
+    between successive snapshots (below).
+    """
+    interval: float | None = args.interval
+    if interval is None and args.command == "top":
+        interval = 1.0
+    if interval is not None:
+        if args.reset:
+            raise UsageError("--reset and --interval do not go together")
+        return cmd_top(client, args, interval)
+    if args.count is not None:
+        raise UsageError("--count needs --interval (or the top command)")
     if args.reset:
-        if args.server:
-            before = client.reset_server_stats()
-            print(_stats_table([("SERVER (BEFORE RESET)", before)], server=True, gauges=False))
-            print("server statistics reset")
-        elif args.session is not None:
-            before = client.session(args.session).reset_stats()
-            print(_stats_table([("SESSION (BEFORE RESET)", before)], server=False, gauges=False))
-            print(f"session {args.session}: statistics reset")
-        else:
-            raise UsageError("--reset needs --session ID or --server")
-        return EXIT_OK
+        return _reset_stats(client, args)
     if args.session is not None and not args.server:
         response = client.session(args.session).get_stats()
         columns = [("SESSION", response.session), ("SERVER", response.server)]
     else:
-        columns = [("SERVER", client.server_stats())]
+        response = sesscache_pb2.GetStatsResponse(server=client.server_stats())
+        columns = [("SERVER", response.server)]
+    if args.json:
+        _print_json(_as_dict(response))
+        return EXIT_OK
     print(_stats_table(columns, server=any(name == "SERVER" for name, _ in columns)))
+    return EXIT_OK
+
+
+def _reset_stats(client: Client, args: argparse.Namespace) -> int:
+    if args.server:
+        before = client.reset_server_stats()
+        title, done = "SERVER (BEFORE RESET)", "server statistics reset"
+    elif args.session is not None:
+        before = client.session(args.session).reset_stats()
+        title, done = "SESSION (BEFORE RESET)", f"session {args.session}: statistics reset"
+    else:
+        raise UsageError("--reset needs --session ID or --server")
+    if args.json:
+        _print_json(_as_dict(sesscache_pb2.ResetStatsResponse(before=before)))
+        return EXIT_OK
+    print(_stats_table([(title, before)], server=args.server, gauges=False))
+    print(done)
+    return EXIT_OK
+
+
+# top: rates between successive GetStats snapshots.
+
+_TOP_COLUMNS = (
+    ("TIME", 9),
+    ("SESSIONS", 8),
+    ("HITS/S", 9),
+    ("MISSES/S", 9),
+    ("HIT RATIO", 9),
+    ("SQL SAVED/S", 11),
+    ("ENTRIES", 8),
+    ("BYTES", 10),
+    ("EVICTIONS/S", 11),
+)
+
+
+def _top_snapshot(client: Client, session: str | None) -> tuple[str, sesscache_pb2.CacheStats]:
+    """(scope, statistics): the session's, else the server's (admin), else the principal's."""
+    if session is not None:
+        return f"session {session}", client.session(session).get_stats().session
+    response = client.get_stats()
+    if response.HasField("server"):
+        return "server", response.server
+    return "principal", response.principal
+
+
+def _top_rates(
+    before: sesscache_pb2.CacheStats, after: sesscache_pb2.CacheStats, seconds: float
+) -> dict[str, float | int | None]:
+    """One update: rates per second over ``seconds``, and the gauges of ``after``."""
+
+    def delta(field: str) -> int:
+        change: int = getattr(after, field) - getattr(before, field)
+        return change if change >= 0 else int(getattr(after, field))  # reset in between
+
+    seconds = max(seconds, 1e-9)
+    hits, misses = delta("hits"), delta("misses")
+    return {
+        "sessions": after.sessions,
+        "hits_per_second": hits / seconds,
+        "misses_per_second": misses / seconds,
+        "hit_ratio": hits / (hits + misses) if hits + misses else None,
+        "sql_saved_per_second": delta("sql_statements_saved") / seconds,
+        "entries": after.entries,
+        "size_bytes": after.size_bytes,
+        "evictions_per_second": delta("evictions") / seconds,
+    }
+
+
+def _top_cells(rates: dict[str, float | int | None]) -> list[str]:
+    ratio = rates["hit_ratio"]
+    return [
+        datetime.now(UTC).strftime("%H:%M:%S"),
+        str(rates["sessions"]),
+        f"{rates['hits_per_second']:.1f}",
+        f"{rates['misses_per_second']:.1f}",
+        "-" if ratio is None else _format_ratio(ratio),
+        f"{rates['sql_saved_per_second']:.1f}",
+        str(rates["entries"]),
+        _format_bytes(int(rates["size_bytes"] or 0)),
+        f"{rates['evictions_per_second']:.1f}",
+    ]
+
+
+def _top_line(cells: Sequence[str]) -> str:
+    return "  ".join(
+        cell.rjust(width) for cell, (_, width) in zip(cells, _TOP_COLUMNS, strict=True)
+    )
+
+
+def _top_updates(
+    client: Client, session: str | None, interval: float, count: int | None
+) -> Iterable[tuple[str, dict[str, float | int | None]]]:
+    """(scope, rates) every ``interval`` seconds, ``count`` times (``None``: forever)."""
+    scope, before = _top_snapshot(client, session)
+    then = time.monotonic()
+    done = 0
+    while count is None or done < count:
+        time.sleep(max(interval - (time.monotonic() - then), 0.0))
+        scope, after = _top_snapshot(client, session)
+        now = time.monotonic()
+        yield scope, _top_rates(before, after, now - then)
+        before, then = after, now
+        done += 1
+
+
+def cmd_top(client: Client, args: argparse.Namespace, interval: float) -> int:
+    """A repeating view of the cache, like ``redis-cli --stat`` or ``varnishstat``.
+
+    Every ``interval`` seconds: sessions, hits/s, misses/s, the hit ratio of the
+    interval, SQL statements saved/s, entries, bytes and evictions/s, from
+    successive GetStats snapshots (the server's for admins, else the caller's
+    principal's; ``--session``: that session's). On a terminal with ``rich``
+    installed, a live table; otherwise one plain line per update (``--json``:
+    one JSON object per line). Stops after ``--count`` updates, or on Ctrl-C.
+    """
+    updates = _top_updates(client, args.session, interval, args.count)
+    if not args.json and sys.stdout.isatty() and _rich_available():
+        return _top_live(updates)
+    header_printed = False
+    try:
+        for scope, rates in updates:
+            if args.json:
+                _print_json({"scope": scope, "interval": interval, **rates})
+                continue
+            if not header_printed:
+                print(f"statistics of the {scope}, every {interval:g}s")
+                print(_top_line([name for name, _ in _TOP_COLUMNS]), flush=True)
+                header_printed = True
+            print(_top_line(_top_cells(rates)), flush=True)
+    except KeyboardInterrupt:
+        pass
+    return EXIT_OK
+
+
+def _rich_available() -> bool:
+    return importlib.util.find_spec("rich") is not None
+
+
+def _top_live(updates: Iterable[tuple[str, dict[str, float | int | None]]]) -> int:
+    """The rich live table of :func:`cmd_top`, one row per figure like ``varnishstat``:
+    its value over the last interval and its average since the start (rich is
+    optional: imported here only)."""
+    from rich.console import Console
+    from rich.live import Live
+    from rich.table import Table
+
+    rates = ("hits_per_second", "misses_per_second", "sql_saved_per_second")
+    rows = (
+        ("sessions", "sessions"),
+        ("hits/s", "hits_per_second"),
+        ("misses/s", "misses_per_second"),
+        ("hit ratio", "hit_ratio"),
+        ("sql saved/s", "sql_saved_per_second"),
+        ("entries", "entries"),
+        ("size", "size_bytes"),
+        ("evictions/s", "evictions_per_second"),
+    )
+    totals: collections.defaultdict[str, float] = collections.defaultdict(float)
+
+    def show(field: str, value: float | int | None) -> str:
+        if value is None:
+            return "-"
+        if field == "hit_ratio":
+            return _format_ratio(value)
+        if field == "size_bytes":
+            return _format_bytes(int(value))
+        return f"{value:.1f}" if field.endswith("_per_second") else str(value)
+
+    def render(title: str, now: dict[str, float | int | None], updates: int) -> Table:
+        table = Table(title=title, title_justify="left")
+        table.add_column("STATISTIC")
+        table.add_column("LAST INTERVAL", justify="right")
+        table.add_column("AVERAGE", justify="right")
+        for label, field in rows:
+            average: float | int | None = None
+            if updates and (field in rates or field == "evictions_per_second"):
+                average = totals[field] / updates
+            elif field == "hit_ratio" and totals["lookups"]:
+                average = totals["hits"] / totals["lookups"]
+            table.add_row(label, show(field, now.get(field)), show(field, average))
+        return table
+
+    console = Console(file=sys.stdout)
+    count = 0
+    try:
+        waiting = render("sesscache: waiting for the first interval", {}, 0)
+        with Live(waiting, console=console) as live:
+            for scope, now in updates:
+                count += 1
+                for field in (*rates, "evictions_per_second"):
+                    totals[field] += float(now[field] or 0)
+                # Hits and lookups per interval, for the ratio over the whole run.
+                totals["hits"] += float(now["hits_per_second"] or 0)
+                totals["lookups"] += float(now["hits_per_second"] or 0) + float(
+                    now["misses_per_second"] or 0
+                )
+                stamp = datetime.now(UTC).strftime("%H:%M:%S")
+                live.update(render(f"sesscache: {scope}  {stamp}", now, count), refresh=True)
+    except KeyboardInterrupt:
+        pass
     return EXIT_OK
 
 
@@ -356,6 +689,14 @@ def _stats_table(
 
 def cmd_sessions(client: Client, args: argparse.Namespace) -> int:
     """Print the live sessions (admin), least recently active first; end the idle ones."""
+    if args.json:
+        data: dict[str, Any] = {}
+        if args.end_idle is not None:
+            data["ended"] = _as_dict(client.end_idle_sessions(args.end_idle))
+        sessions = client.list_sessions(page_size=args.page_size)
+        data["sessions"] = [_as_dict(info) for info in sessions]
+        _print_json(data)
+        return EXIT_OK
     if args.end_idle is not None:
         ended = client.end_idle_sessions(args.end_idle)
         print(
@@ -425,9 +766,13 @@ def cmd_invalidate(client: Client, args: argparse.Namespace) -> int:
                 page_token=args.page_token,
                 view=view,
             )
+    if args.json:
+        response = sesscache_pb2.InvalidateResponse(removed=removed, removed_count=len(removed))
+        _print_json(_as_dict(response))
+        return EXIT_OK if removed else EXIT_NOT_FOUND
     if not removed:
         print("nothing removed")
-        return EXIT_OK
+        return EXIT_NOT_FOUND
     print(_entries_table(removed, full_keys=args.full_keys, long=False))
     print(f"removed: {len(removed)}")
     return EXIT_OK
@@ -475,6 +820,8 @@ def cmd_watch(client: Client, args: argparse.Namespace) -> int:
         stream = client.watch_all(types=types, duration=args.duration)
     else:
         stream = client.session(args.session).watch(types=types, duration=args.duration)
+    if args.json:
+        return _watch_json(stream, args.count)
     out = sys.stdout
     live = out.isatty()
     scope = "every session" if args.all else f"session {args.session}"
@@ -494,6 +841,19 @@ def cmd_watch(client: Client, args: argparse.Namespace) -> int:
         except KeyboardInterrupt:
             pass
     _show(out, _watch_summary(counts, stream.received, stream.lost), live=live)
+    return EXIT_OK
+
+
+def _watch_json(stream: EventStream, count: int | None) -> int:
+    """``watch --json``: one JSON object (a CacheEvent) per line, flushed as each comes."""
+    with stream:
+        try:
+            for event in stream:
+                _print_json(_as_dict(event))
+                if count is not None and stream.received >= count:
+                    break
+        except KeyboardInterrupt:
+            pass
     return EXIT_OK
 
 
@@ -532,6 +892,9 @@ def _add_query_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentPa
     _add_query_filters(parser)
     parser.add_argument(
         "--bypass-cache", action="store_true", help="neither read nor write the cache"
+    )
+    parser.add_argument(
+        "-l", "--long", action="store_true", help=f"the whole cache key (else {KEY_PREVIEW} chars)"
     )
     parser.set_defaults(handler=cmd_query)
 
@@ -575,7 +938,12 @@ def _add_keys_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentPar
 
 def _add_stats_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     parser = subparsers.add_parser(
-        "stats", help="cache statistics of a session and the server", description=cmd_stats.__doc__
+        "stats",
+        aliases=["top"],
+        help="cache statistics of a session and the server; top: a repeating view",
+        description=f"{inspect.cleandoc(cmd_stats.__doc__ or '')}\n\n"
+        f"{inspect.cleandoc(cmd_top.__doc__ or '')}",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--session", metavar="ID", help="also show (or reset) this session's")
     parser.add_argument(
@@ -583,6 +951,15 @@ def _add_stats_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentPa
     )
     parser.add_argument(
         "--reset", action="store_true", help="reset the counters; print them as they were"
+    )
+    parser.add_argument(
+        "--interval",
+        type=_positive_float,
+        metavar="SECONDS",
+        help="repeat: rates every SECONDS (top: 1 by default)",
+    )
+    parser.add_argument(
+        "--count", type=_positive_int, metavar="N", help="with --interval: stop after N updates"
     )
     parser.set_defaults(handler=cmd_stats)
 
@@ -720,14 +1097,18 @@ def _add_info_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentPar
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the tool, one subparser per command."""
-    parser = argparse.ArgumentParser(
+    parser: argparse.ArgumentParser = _Parser(
         prog="python -m client",
         description="Query a sesscache server and inspect its session caches.",
+        epilog=_exit_codes_epilog(),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+    parser.add_argument("--json", action="store_true", help=_JSON_HELP)
     parser.add_argument(
         "--target",
         metavar="HOST:PORT",
-        help=f"server address (env {TARGET_ENV}, default {DEFAULT_TARGET})",
+        help=f"server address (env {TARGET_ENV}, default {DEFAULT_TARGET}; "
+        f"a missing port means {DEFAULT_PORT})",
     )
     parser.add_argument(
         "--timeout",
@@ -752,7 +1133,24 @@ def build_parser() -> argparse.ArgumentParser:
     _add_sessions_parser(subparsers)
     _add_invalidate_parser(subparsers)
     _add_watch_parser(subparsers)
+    seen: set[int] = set()
+    for command in subparsers.choices.values():  # aliases share their parser
+        if id(command) not in seen:
+            seen.add(id(command))
+            # Also after the command; SUPPRESS keeps a --json given before it.
+            command.add_argument(
+                "--json", action="store_true", default=argparse.SUPPRESS, help=_JSON_HELP
+            )
     return parser
+
+
+_JSON_HELP = "print JSON (one object; watch and top: one per line); errors as JSON on stderr"
+
+
+def _exit_codes_epilog() -> str:
+    lines = ["exit status:"]
+    lines += [f"  {code}  {meaning}" for code, meaning in EXIT_CODES]
+    return "\n".join(lines)
 
 
 def _read_file(path: str | None, option: str) -> bytes | None:
@@ -765,10 +1163,15 @@ def _read_file(path: str | None, option: str) -> bytes | None:
         raise UsageError(f"cannot read {option} {path}: {exc.strerror or exc}") from None
 
 
+def _target(args: argparse.Namespace) -> str:
+    target = args.target or os.environ.get(TARGET_ENV) or DEFAULT_TARGET
+    return with_default_port(target, DEFAULT_PORT)
+
+
 def _make_client(args: argparse.Namespace) -> Client:
     if (args.tls_cert is None) != (args.tls_key is None):
         raise UsageError("--tls-cert and --tls-key must be given together")
-    target = args.target or os.environ.get(TARGET_ENV) or DEFAULT_TARGET
+    target = _target(args)
     token = args.token if args.token is not None else os.environ.get(TOKEN_ENV) or None
     try:
         return Client(
@@ -785,26 +1188,100 @@ def _make_client(args: argparse.Namespace) -> Client:
 
 def main(argv: list[str] | None = None) -> int:
     """Run the tool on ``argv`` (default: ``sys.argv[1:]``) and return the exit status."""
-    parser = build_parser()
-    try:
-        args = parser.parse_args(argv)
-    except SystemExit as exc:  # argparse has printed the usage error, or the help
-        return exc.code if isinstance(exc.code, int) else EXIT_USAGE
+    args = _parse(sys.argv[1:] if argv is None else argv)
+    if isinstance(args, int):
+        return args
     handler: Handler = args.handler
     try:
         with _make_client(args) as client:
-            status = handler(client, args)
-    except (UsageError, InvalidArgument) as exc:
-        status = _fail(str(exc), EXIT_USAGE)
-    except SesscacheError as exc:
-        status = _fail(str(exc), EXIT_ERROR)
+            return handler(client, args)
     except KeyboardInterrupt:
-        status = _fail("interrupted", 130)
+        return _fail("interrupted", 130)
+    except BrokenPipeError:  # e.g. `watch --json | head -1`: the reader is gone
+        _silence_stdout()
+        return EXIT_OK
     except Exception as exc:  # the tool promises one line, never a traceback
-        status = _fail(f"unexpected {type(exc).__name__}: {exc}", EXIT_ERROR)
-    return status
+        return _report(exc, args)
+
+
+def _parse(argv: list[str]) -> argparse.Namespace | int:
+    """The parsed command line, or the exit status of a usage error or ``--help``."""
+    try:
+        return build_parser().parse_args(argv)
+    except _ParserError as exc:
+        options = argv[: argv.index("--")] if "--" in argv else argv
+        if "--json" in options:
+            return _fail_json("USAGE", str(exc), [], EXIT_USAGE)
+        sys.stderr.write(exc.usage)
+        return EXIT_USAGE
+    except SystemExit as exc:  # --help: printed already
+        return exc.code if isinstance(exc.code, int) else EXIT_USAGE
+
+
+def _silence_stdout() -> None:
+    """Point stdout at /dev/null, so the interpreter's last flush does not fail again."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError, io.UnsupportedOperation):
+        pass
+
+
+def _report(exc: Exception, args: argparse.Namespace) -> int:
+    """Print ``exc`` as one line (or one JSON object) on stderr; return the exit status."""
+    violations: Sequence[tuple[str, str]] = ()
+    if isinstance(exc, UsageError):
+        code, status, text = "USAGE", EXIT_USAGE, str(exc)
+        human = text
+    elif isinstance(exc, SesscacheError):
+        code = exc.code.name
+        status = next((value for cls, value in _ERROR_EXITS if isinstance(exc, cls)), EXIT_ERROR)
+        tls = args.tls_ca is not None or args.tls_cert is not None
+        text = _explain(exc, _target(args), args.timeout, tls=tls)
+        human = text if _is_connection_failure(exc) else f"{code}: {text}"
+        if isinstance(exc, InvalidArgument):
+            violations = exc.field_violations
+    else:
+        code, status = "UNKNOWN", EXIT_ERROR
+        text = human = f"unexpected {type(exc).__name__}: {exc}"
+    if args.json:
+        return _fail_json(code, text, violations, status)
+    return _fail(human, status)
+
+
+def _is_connection_failure(exc: SesscacheError) -> bool:
+    return isinstance(exc, Unavailable) and exc.connection_failed
+
+
+def _explain(exc: SesscacheError, target: str, timeout: float, *, tls: bool = False) -> str:
+    """The message of ``exc`` for a person: what went wrong and what to try, without
+    gRPC's own connection text."""
+    if isinstance(exc, Unavailable) and exc.tls_failed:
+        return (
+            f"cannot reach the server at {target}: the TLS handshake failed "
+            "(see --tls-ca, --tls-cert, --tls-key)"
+        )
+    if _is_connection_failure(exc) and tls:
+        # A server that refuses our certificate often just closes the connection.
+        return (
+            f"cannot reach the server at {target} (is it running? see --target; "
+            "with TLS, check --tls-ca, --tls-cert, --tls-key)"
+        )
+    if _is_connection_failure(exc):
+        return f"cannot reach the server at {target} (is it running? see --target)"
+    if isinstance(exc, DeadlineExceeded):
+        return f"no answer from {target} within {timeout:g}s (see --timeout)"
+    # str(exc) is "CODE: message", said once; the code is shown apart.
+    return str(exc).removeprefix(f"{exc.code.name}: ")
 
 
 def _fail(message: str, status: int) -> int:
     print(f"error: {message}", file=sys.stderr)
+    return status
+
+
+def _fail_json(code: str, message: str, violations: Sequence[tuple[str, str]], status: int) -> int:
+    field_violations = [{"field": field, "description": text} for field, text in violations]
+    error = {"code": code, "message": message, "field_violations": field_violations}
+    _print_json({"error": error}, file=sys.stderr)
     return status

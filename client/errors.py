@@ -24,6 +24,7 @@ Exception tree::
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from typing import ClassVar
 
@@ -139,15 +140,49 @@ class SessionNotFound(SesscacheError):
         self.session_id = session_id
 
     def __str__(self) -> str:
-        which = f"session {self.session_id!r}: " if self.session_id is not None else ""
-        return f"{self.code.name}: {which}{self.message} ({self.hint})"
+        # Say which session and why it may be gone once: only what the server's
+        # own message does not say already.
+        named = self.session_id is None or self.session_id in self.message
+        which = "" if named else f"session {self.session_id!r}: "
+        explained = any(word in self.message for word in _EXPLAINED)
+        why = "" if explained else f" ({self.hint})"
+        return f"{self.code.name}: {which}{self.message}{why}"
+
+
+#: Words of a NOT_FOUND message that already explains why a session is gone.
+_EXPLAINED = ("restarted", "memory", "reaped")
 
 
 class Unavailable(SesscacheError):
-    """UNAVAILABLE: the server, or the database behind it, cannot be reached. Retry later."""
+    """UNAVAILABLE: the server, or the database behind it, cannot be reached. Retry later.
+
+    :attr:`connection_failed` tells the first (gRPC found no server to talk to)
+    from the second (the server answered UNAVAILABLE itself).
+    """
 
     default_code = grpc.StatusCode.UNAVAILABLE
     retryable = True
+
+    @property
+    def connection_failed(self) -> bool:
+        """Whether the client could not connect at all (refused, unresolvable, TLS)."""
+        return _CONNECT_FAILURE.search(self.message) is not None
+
+    @property
+    def tls_failed(self) -> bool:
+        """Whether the connection failed in the TLS handshake."""
+        return _TLS_FAILURE.search(self.message) is not None
+
+
+# gRPC's own texts for a channel that never reached a server (not a server's
+# message): refused, unresolvable, reset or timed out while connecting.
+_CONNECT_FAILURE = re.compile(
+    r"failed to connect|connection refused|connect failed|dns resolution failed|"
+    r"name resolution|unreachable|socket closed|connection reset|handshake|"
+    r"no address|timeout occurred|errors resolving|lookup failed|domain name not found",
+    re.IGNORECASE,
+)
+_TLS_FAILURE = re.compile(r"ssl|tls|handshake|certificate", re.IGNORECASE)
 
 
 class DeadlineExceeded(SesscacheError):

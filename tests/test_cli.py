@@ -17,7 +17,14 @@ import sys
 import pytest
 
 from client import SERVICE_NAME, Client
-from client.cli import EXIT_ERROR, EXIT_OK, EXIT_USAGE, main
+from client.cli import (
+    EXIT_ERROR,
+    EXIT_INVALID_ARGUMENT,
+    EXIT_NOT_FOUND,
+    EXIT_OK,
+    EXIT_UNAVAILABLE,
+    main,
+)
 from tests.support.cli import run_cli as _cli
 from tests.support.servers import ROOT, ServerThread
 
@@ -37,7 +44,10 @@ def _run(*args: str) -> subprocess.CompletedProcess[str]:
 
 def _status_line(out: str) -> re.Match[str]:
     match = re.search(
-        r"^cache: (?P<status>\w+)  sql statements: (?P<sql>\d+)  key: (?P<key>.+)$", out, re.M
+        r"^cache: (?P<status>\w+)  sql statements: (?P<sql>\d+)  "
+        r"digest: (?P<digest>[0-9a-f]{12}|-)  key: (?P<key>.+)$",
+        out,
+        re.M,
     )
     assert match, out
     return match
@@ -65,7 +75,9 @@ def test_walk_through(
     miss = _status_line(out)
     assert miss["status"] == "MISS"
     assert int(miss["sql"]) >= 1
-    assert miss["key"].endswith("('person 10', 51)"), "the whole key, on the status line"
+    assert miss["key"].startswith("SELECT ")
+    assert miss["key"].endswith("..."), "a shortened key on the status line"
+    assert len(miss["key"]) == 63
     assert out.endswith(miss[0] + "\n"), "the status line is the last line"
 
     status, out, err = _cli(capsys, server, *query)
@@ -73,10 +85,18 @@ def test_walk_through(
     assert out.splitlines()[2] == lines[2], "the same row from the cache"
     hit = _status_line(out)
     assert (hit["status"], hit["sql"], hit["key"]) == ("HIT", "0", miss["key"])
+    assert hit["digest"] == miss["digest"]
+
+    status, out, _ = _cli(capsys, server, *query, "--long")
+    assert status == EXIT_OK
+    whole = _status_line(out)["key"]
+    assert whole.endswith("('person 10', 51)"), "--long: the whole key"
+    assert whole.startswith(miss["key"].removesuffix("..."))
 
     with Client(server.target) as client:
         (entry,) = client.session(session_id).list_cache_keys()
-    assert miss["key"] == entry.key.replace("\n", " ")
+    assert whole == entry.key.replace("\n", " ")
+    assert miss["digest"] == entry.digest, "query shows the digest keys lists"
     status, out, err = _cli(capsys, server, "keys", "--session", session_id)
     assert (status, err) == (EXIT_OK, "")
     header, rule, row, total = out.splitlines()
@@ -85,7 +105,7 @@ def test_walk_through(
     fields = row.split()
     assert fields[:3] == [entry.digest, "local_session", "1"]
     assert re.fullmatch(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\dZ", " ".join(fields[3:5]))
-    assert fields[5] == "1", "hits"
+    assert fields[5] == "2", "hits"
     assert total == "entries: 1"
 
     status, out, _ = _cli(capsys, server, "keys", "--session", session_id, "--full-keys")
@@ -131,7 +151,7 @@ def test_query_options(
     status, out, _ = _cli(capsys, server, *base, "--id", "3", "--id", "5", "7", "--bypass-cache")
     assert status == EXIT_OK
     assert [line.split()[-1] for line in out.splitlines()[2:5]] == ["03", "05", "07"]
-    assert re.search(r"^cache: BYPASS  sql statements: [1-9]\d*  key: -$", out, re.M), out
+    assert re.search(r"^cache: BYPASS  sql statements: [1-9]\d*  digest: -  key: -$", out, re.M)
 
     status, out, _ = _cli(capsys, server, *base, "--name", "nobody")
     assert status == EXIT_OK
@@ -153,32 +173,34 @@ def test_keys_of_unknown_session_fails_with_one_line(
     capsys: pytest.CaptureFixture[str], server: ServerThread, session_id: str
 ) -> None:
     status, out, err = _cli(capsys, server, "keys", "--session", session_id)
-    assert status == EXIT_ERROR
+    assert status == EXIT_NOT_FOUND
     assert out == ""
-    assert err.startswith(f"error: NOT_FOUND: session {session_id!r}: ")
+    assert err.startswith("error: NOT_FOUND: no session ")
+    assert err.count(session_id) == 1, "the session is named once"
+    assert err.count("server memory") + err.count("memory of one server") == 1, "explained once"
     assert err.count("\n") == 1
 
 
 @pytest.mark.parametrize("session_id", ["a b", "ü", "x" * 129, "a/b"])
-def test_bad_session_id_is_a_usage_error(
+def test_bad_session_id_is_an_invalid_argument(
     capsys: pytest.CaptureFixture[str], server: ServerThread, session_id: str
 ) -> None:
     for command in ("query", "keys", "end"):
         status, out, err = _cli(capsys, server, command, "--session", session_id)
-        assert status == EXIT_USAGE
+        assert status == EXIT_INVALID_ARGUMENT
         assert out == ""
         assert err.startswith("error: INVALID_ARGUMENT: session-id: ")
         assert err.count("\n") == 1
 
 
-def test_server_side_invalid_argument_is_a_usage_error(
+def test_server_side_invalid_argument_exits_5(
     capsys: pytest.CaptureFixture[str], server: ServerThread, session_id: str
 ) -> None:
     status, out, err = _cli(capsys, server, "query", "--session", session_id, "--page-size", "-3")
-    assert (status, out) == (EXIT_USAGE, "")
+    assert (status, out) == (EXIT_INVALID_ARGUMENT, "")
     assert err == "error: INVALID_ARGUMENT: page_size: must not be negative (got -3)\n"
     status, _, err = _cli(capsys, server, "query", "--session", session_id, "--id", "0")
-    assert status == EXIT_USAGE
+    assert status == EXIT_INVALID_ARGUMENT
     assert err.startswith("error: INVALID_ARGUMENT: ids[0]: ")
 
 
@@ -187,10 +209,8 @@ def test_unreachable_target_fails_with_one_line(capsys: pytest.CaptureFixture[st
     capsys.readouterr()
     status = main(["--target", target, "--timeout", "5", "query", "--session", "s1"])
     out, err = capsys.readouterr()
-    assert (status, out) == (EXIT_ERROR, "")
-    assert err.startswith("error: UNAVAILABLE: ")
-    assert err.count("\n") == 1
-    assert "Traceback" not in err
+    assert (status, out) == (EXIT_UNAVAILABLE, "")
+    assert err == f"error: cannot reach the server at {target} (is it running? see --target)\n"
 
 
 def test_subprocess_query_and_health(server: ServerThread, session_id: str) -> None:
@@ -218,13 +238,13 @@ def test_subprocess_query_and_health(server: ServerThread, session_id: str) -> N
 
 def test_subprocess_errors_are_one_line_without_traceback() -> None:
     unreachable = _run("--target", f"127.0.0.1:{_free_port()}", "--timeout", "5", "health")
-    assert unreachable.returncode == EXIT_ERROR
+    assert unreachable.returncode == EXIT_UNAVAILABLE
     assert unreachable.stdout == ""
-    assert unreachable.stderr.startswith("error: UNAVAILABLE: ")
+    assert unreachable.stderr.startswith("error: cannot reach the server at 127.0.0.1:")
     assert unreachable.stderr.count("\n") == 1
 
     bad_session = _run("--target", "127.0.0.1:1", "keys", "--session", "a b")
-    assert bad_session.returncode == EXIT_USAGE
+    assert bad_session.returncode == EXIT_INVALID_ARGUMENT
     assert bad_session.stderr.startswith("error: INVALID_ARGUMENT: session-id: ")
     assert bad_session.stderr.count("\n") == 1
     assert "Traceback" not in unreachable.stderr + bad_session.stderr

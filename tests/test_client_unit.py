@@ -537,9 +537,11 @@ def test_mutual_tls_client_and_cli(tmp_path: Path, capsys: pytest.CaptureFixture
         assert capsys.readouterr().out == "SERVING\n"
         # Without a client certificate the handshake fails.
         assert (
-            main(["--target", served.target, "--tls-ca", str(tmp_path / "ca.pem"), "health"]) == 1
+            main(["--target", served.target, "--tls-ca", str(tmp_path / "ca.pem"), "health"]) == 4
         )
-        assert capsys.readouterr().err.startswith("error: UNAVAILABLE: ")
+        assert capsys.readouterr().err.startswith(
+            f"error: cannot reach the server at {served.target}"
+        )
 
 
 # The command line tool.
@@ -562,12 +564,16 @@ def test_cli_query_prints_a_table_and_the_cache_status(
     assert lines[2].split() == ["1", "person", "1", "1", "Main", "Street", "10001", "Berlin", "DE"]
     assert lines[3].split() == ["2", "Main", "Street", "10002", "Hamburg", "DE"]
     assert lines[5].split() == ["3", "person", "3"]
-    assert lines[6] == "cache: MISS  sql statements: 1  key: persons:ids=[]:offset=0:size=3"
+    key = "persons:ids=[]:offset=0:size=3"
+    assert (
+        lines[6]
+        == f"cache: MISS  sql statements: 1  digest: {client.cache_digest(key)}  key: {key}"
+    )
     assert lines[7] == "next page token: 3"
     assert served.fake.calls[0].metadata["session-id"] == "cli"
 
     status, out, _ = run(served, capsys, "query", "--session", "cli", "--page-size", "3")
-    assert "cache: HIT  sql statements: 0  key: persons:" in out
+    assert "cache: HIT  sql statements: 0  digest: " in out
 
 
 def test_cli_query_options(served: Served, capsys: pytest.CaptureFixture[str]) -> None:
@@ -575,7 +581,7 @@ def test_cli_query_options(served: Served, capsys: pytest.CaptureFixture[str]) -
     status, out, _ = run(served, capsys, *argv, "--bypass-cache", "--first", "a", "--last", "z")
     assert status == 0
     assert out.splitlines()[0].split() == ["ID", "NAME"]
-    assert "cache: BYPASS  sql statements: 1  key: -" in out
+    assert "cache: BYPASS  sql statements: 1  digest: -  key: -" in out
     assert "next page token: 2" in out
     request = served.fake.calls[0].request
     assert request == sesscache_pb2.QueryPersonsRequest(
@@ -588,22 +594,22 @@ def test_cli_query_options(served: Served, capsys: pytest.CaptureFixture[str]) -
     assert (status, out.splitlines()[0]) == (0, "no persons")
 
 
-def test_cli_query_invalid_argument_exits_2(
+def test_cli_query_invalid_argument_exits_5(
     served: Served, capsys: pytest.CaptureFixture[str]
 ) -> None:
     status, out, err = run(served, capsys, "query", "--session", "cli", "--page-size", "-1")
-    assert (status, out) == (2, "")
+    assert (status, out) == (5, "")
     assert err == "error: INVALID_ARGUMENT: page_size: must not be negative\n"
     status, out, err = run(served, capsys, "query", "--session", "bad id")
-    assert status == 2
+    assert status == 5
     assert err.startswith("error: INVALID_ARGUMENT: session-id: must be 1 to 128 characters")
 
 
-def test_cli_server_errors_exit_1(served: Served, capsys: pytest.CaptureFixture[str]) -> None:
+def test_cli_server_errors_exit_by_kind(served: Served, capsys: pytest.CaptureFixture[str]) -> None:
     status, out, err = run(served, capsys, "query", "--session", "s", "--name", "abort:UNAVAILABLE")
-    assert (status, out, err) == (1, "", "error: UNAVAILABLE: fake abort\n")
+    assert (status, out, err) == (4, "", "error: UNAVAILABLE: fake abort\n")
     status, out, err = run(served, capsys, "keys", "--session", "gone")
-    assert (status, out) == (1, "")
+    assert (status, out) == (3, "")
     assert err.startswith("error: NOT_FOUND: session 'gone': session not found (sessions live")
     assert err.count("\n") == 1
 
@@ -652,10 +658,10 @@ def test_cli_health_exit_status(served: Served, capsys: pytest.CaptureFixture[st
 
 
 def test_cli_unreachable_server(capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["--target", f"127.0.0.1:{_unused_port()}", "health"]) == 1
+    assert main(["--target", f"127.0.0.1:{_unused_port()}", "health"]) == 4
     out, err = capsys.readouterr()
     assert out == ""
-    assert err.startswith("error: UNAVAILABLE: ")
+    assert err.startswith("error: cannot reach the server at 127.0.0.1:")
     assert err.count("\n") == 1
 
 
@@ -703,3 +709,21 @@ def test_cli_help_exits_0(capsys: pytest.CaptureFixture[str]) -> None:
 def test_format_table() -> None:
     table = format_table(["ID", "NAME"], [["7", "a\tb"], ["123", "c"]], right={0})
     assert table.splitlines() == [" ID  NAME", "---  ----", "  7  a b", "123  c"]
+
+
+@pytest.mark.parametrize(
+    ("message", "connection_failed"),
+    [
+        ("failed to connect to all addresses; last error: UNKNOWN: ipv4:127.0.0.1:1: "
+         "Failed to connect to remote host: connect: Connection refused (111)", True),
+        ("errors resolving nosuch.invalid:50051: [field:hostname lookup error:address lookup "
+         "failed for nosuch.invalid:50051: Domain name not found]", True),
+        ("the database is unavailable right now; cached results of existing sessions are "
+         "still served; retry later", False),
+        ("fake abort", False),
+    ],
+)  # fmt: skip
+def test_unavailable_tells_a_connection_failure_from_the_server(
+    message: str, connection_failed: bool
+) -> None:
+    assert client.Unavailable(message).connection_failed is connection_failed
