@@ -224,6 +224,10 @@ class FakeDns:
             f"cat '{self.answer}'\n"
         )
         getent.chmod(0o755)
+        # No answer from the DNS either (the fallback of entrypoint.sh), whatever is installed.
+        nslookup = self.bin / "nslookup"
+        nslookup.write_text("#!/bin/sh\nexit 1\n")
+        nslookup.chmod(0o755)
 
     def set(self, addresses: list[str]) -> None:
         temporary = self.answer.with_suffix(".new")
@@ -296,7 +300,7 @@ def test_entrypoint_resolves_with_the_real_getent(tmp_path: Path) -> None:
 
 
 def test_entrypoint_falls_back_to_nslookup(tmp_path: Path) -> None:
-    """Where getent knows no ahostsv4 (status 1), busybox's nslookup answers."""
+    """Where getent knows no ahostsv4 (or answers nothing), busybox's nslookup answers."""
     bin_dir, upstream = tmp_path / "bin", tmp_path / UPSTREAM_INCLUDE
     bin_dir.mkdir()
     (bin_dir / "getent").write_text('#!/bin/sh\necho "Unknown database: $1" >&2\nexit 1\n')

@@ -33,9 +33,9 @@
 #   UPSTREAM_FILE        the file written (default: /etc/nginx/sesscache-upstream.conf)
 #   RESOLVE_INTERVAL     seconds between resolutions (default: 5)
 #
-# Resolution is `getent ahostsv4` (glibc, and Alpine's musl-utils), or, where
-# getent has no ahostsv4, busybox's `nslookup`: IPv4 only, so a replica on a
-# dual-stack network is one ring point, not two.
+# Resolution is `getent ahostsv4` (glibc, and Alpine's musl-utils), or, when
+# that gives nothing (no getent, no ahostsv4), busybox's `nslookup`: IPv4
+# only, so a replica on a dual-stack network is one ring point, not two.
 
 set -eu
 
@@ -45,6 +45,7 @@ REPLICAS_ADDRESSES=${REPLICAS_ADDRESSES:-}
 UPSTREAM_PARAMETERS=${UPSTREAM_PARAMETERS:-max_fails=1 fail_timeout=10s}
 UPSTREAM_FILE=${UPSTREAM_FILE:-/etc/nginx/sesscache-upstream.conf}
 RESOLVE_INTERVAL=${RESOLVE_INTERVAL:-5}
+IPV4='^[0-9]+\.[0-9]+\.[0-9]+\.[0-9]+$'
 
 log() {
     printf 'sesscache-upstream: %s\n' "$*" >&2
@@ -52,14 +53,13 @@ log() {
 
 # The IPv4 addresses of name $1, one a line (nothing when it does not resolve).
 resolve() {
-    status=0
-    answer=$(getent ahostsv4 "$1" 2>/dev/null) || status=$?
-    if [ "$status" -eq 0 ] || [ "$status" -eq 2 ]; then  # 2: not found
-        printf '%s\n' "$answer" | awk '{ print $1 }'
-    elif command -v nslookup >/dev/null 2>&1; then  # no getent, or no ahostsv4
-        nslookup -type=a "$1" 2>/dev/null | awk '/^Name:/ { named = 1; next }
-            named && /^Address:/ { print $2 }'
+    answer=$(getent ahostsv4 "$1" 2>/dev/null | awk '{ print $1 }' | grep -E "$IPV4") || true
+    if [ -z "$answer" ] && command -v nslookup >/dev/null 2>&1; then
+        # No getent, a getent without ahostsv4, or no answer: ask the DNS directly.
+        answer=$(nslookup -type=a "$1" 2>/dev/null | awk '/^Name:/ { named = 1; next }
+            named && /^Address:/ { print $2 }' | grep -E "$IPV4") || true
     fi
+    [ -z "$answer" ] || printf '%s\n' "$answer"
 }
 
 # The replicas' addresses, ADDR:PORT, one a line, sorted, no duplicates.
@@ -67,7 +67,7 @@ addresses() {
     if [ -n "$REPLICAS_ADDRESSES" ]; then
         printf '%s\n' "$REPLICAS_ADDRESSES" | tr ', ' '\n\n'
     else
-        resolve "$REPLICAS_HOST" | grep -E '^[0-9]+\.[0-9]+\.[0-9]+\.[0-9]+$' || true
+        resolve "$REPLICAS_HOST"
     fi | awk -v port="$REPLICAS_PORT" 'NF { print (index($1, ":") ? $1 : $1 ":" port) }' \
        | LC_ALL=C sort -u
 }
