@@ -4,8 +4,10 @@
 #   docker build -t sesscache:local .
 #   docker run --rm -p 127.0.0.1:50051:50051 sesscache:local
 #
-# Without SESSCACHE_DATABASE_URL the server uses a SQLite file in /data;
-# docker-compose.yml points it at PostgreSQL instead. Every setting is an
+# Without SESSCACHE_DATABASE_URL the server uses a SQLite file in /data (a
+# volume); docker-compose.yml points it at PostgreSQL instead. Port 9464 serves
+# /metrics and /healthz when SESSCACHE_HTTP_LISTEN=0.0.0.0:9464 (off by default;
+# docker-compose.yml turns it on). Every setting is an
 # environment variable SESSCACHE_* (see `python -m server --help`).
 
 ARG PYTHON_IMAGE=python:3.11-slim
@@ -69,8 +71,12 @@ COPY --from=builder /src/sesscache sesscache/
 COPY --from=builder /src/server server/
 COPY --from=builder /src/client client/
 
+# The SQLite data outlives the container (an anonymous volume unless one is
+# mounted there); it starts as the empty, sesscache-owned folder made above.
+VOLUME ["/data"]
+
 USER 10001:10001
-EXPOSE 50051
+EXPOSE 50051 9464
 STOPSIGNAL SIGTERM
 HEALTHCHECK --interval=10s --timeout=5s --start-period=60s --start-interval=2s --retries=3 \
     CMD ["python", "-m", "client", "--target", "127.0.0.1:50051", "--timeout", "3", "health"]

@@ -3,12 +3,15 @@
 :func:`render_native` rewrites ``deploy/nginx/sesscache.conf`` (the file the
 compose ``nginx`` service mounts) for a native run on loopback, changing only
 what a container gives for free: the ``listen`` port, the upstream's
-``server`` lines (one per native replica, with the parameters the file gives
-its replicas), the log paths, and the temporary directories (so that nginx
-needs no write access outside its own folder). Every other directive is run
-as written. Each rewrite must match exactly where expected, so an edit of the
-file that the rewrite no longer understands fails loudly instead of silently
-testing something else.
+``include`` of the list deploy/nginx/entrypoint.sh writes in the container
+(here one ``server`` line per native replica, with the parameters that script
+gives them), the log paths, and the temporary directories (so that nginx
+needs no write access outside its own folder). For nginx older than 1.25.1
+(Debian's 1.22), which has no ``http2`` directive, :func:`legacy_http2` turns
+``http2 on;`` into the ``http2`` parameter of ``listen``. Every other
+directive is run as written. Each rewrite must match exactly where expected,
+so an edit of the file that the rewrite no longer understands fails loudly
+instead of silently testing something else.
 
 :class:`Nginx` runs Debian's ``nginx`` binary in the foreground as a child
 process (``-p DIR -e DIR/error.log -c DIR/nginx.conf -g 'daemon off; pid ...'``)
@@ -25,7 +28,7 @@ import signal
 import socket
 import subprocess
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import Self
@@ -33,6 +36,12 @@ from typing import Self
 ROOT = Path(__file__).resolve().parents[1]
 #: The nginx configuration kept in the repository (the compose service's nginx.conf).
 CONFIG = ROOT / "deploy" / "nginx" / "sesscache.conf"
+#: The compose nginx service's entrypoint: writes the upstream list, watches it, runs nginx.
+ENTRYPOINT = ROOT / "deploy" / "nginx" / "entrypoint.sh"
+#: The file CONFIG includes in its upstream (next to nginx.conf), as entrypoint.sh names it.
+UPSTREAM_INCLUDE = "sesscache-upstream.conf"
+#: The first nginx with the ``http2`` directive (``listen ... http2`` is deprecated there).
+HTTP2_DIRECTIVE_SINCE = (1, 25, 1)
 #: The port nginx and the replicas listen on inside the compose network.
 CONTAINER_PORT = 50051
 #: Where Debian puts nginx when /usr/sbin is not on PATH (non-root shells).
@@ -80,49 +89,86 @@ def upstream_servers(text: str) -> list[tuple[str, str]]:
     ]
 
 
-def render_native(text: str, *, listen: str, upstreams: Sequence[str], directory: Path) -> str:
+def upstream_parameters(script: str | None = None) -> str:
+    """The parameters entrypoint.sh appends to each replica's ``server`` line by default."""
+    text = ENTRYPOINT.read_text(encoding="utf-8") if script is None else script
+    found = re.findall(r"^UPSTREAM_PARAMETERS=\$\{UPSTREAM_PARAMETERS:-([^}]*)\}$", text, re.M)
+    if len(found) != 1:
+        raise NginxError(f"{ENTRYPOINT.name}: expected one default of UPSTREAM_PARAMETERS")
+    return " ".join(found[0].split())
+
+
+def legacy_http2(text: str) -> str:
+    """``text`` for nginx older than 1.25.1: ``http2 on;`` becomes ``listen ... http2;``.
+
+    The one adaptation Debian's nginx 1.22 needs: it has no ``http2`` directive,
+    only the (since deprecated) ``http2`` parameter of ``listen``. The server
+    block must have exactly one ``listen`` and one ``http2 on;``.
+    """
+    result = _replace_once(r"^[ \t]*http2\s+on;[ \t]*\n", "", text, "`http2 on;`")
+    result, count = re.subn(
+        r"^([ \t]*listen\s+[^;\s]+)(\s[^;]*)?;", r"\1 http2\2;", result, flags=re.MULTILINE
+    )
+    if count != 1:
+        raise NginxError(f"{CONFIG.name}: expected one `listen`, found {count}")
+    return result
+
+
+def nginx_version(binary: str) -> tuple[int, ...]:
+    """The version of the nginx ``binary`` (``nginx -v``)."""
+    result = subprocess.run([binary, "-v"], capture_output=True, text=True, timeout=30, check=False)
+    match = re.search(r"nginx/(\d+(?:\.\d+)*)", result.stdout + result.stderr)
+    if match is None:
+        raise NginxError(f"cannot read the version of {binary}: {result.stderr.strip()}")
+    return tuple(int(part) for part in match.group(1).split("."))
+
+
+def render_native(
+    text: str,
+    *,
+    listen: str,
+    upstreams: Sequence[str] | None,
+    directory: Path,
+    http2_directive: bool = False,
+) -> str:
     """``text`` (the repository's config) for a native run in ``directory``.
 
     ``listen`` is ``HOST:PORT`` for the proxy; ``upstreams`` the ``HOST:PORT``
-    of each replica, in the order they get their ``server`` lines.
+    of each replica, in the order they get their ``server`` lines (in place
+    of the ``include`` entrypoint.sh fills in the container); ``None`` keeps
+    the include, for entrypoint.sh to write ``directory / UPSTREAM_INCLUDE``.
+    ``http2_directive`` is whether the nginx that runs it has ``http2 on;``
+    (1.25.1 and later); without it, :func:`legacy_http2` is applied.
     """
-    if not upstreams:
+    if upstreams is not None and not upstreams:
         raise NginxError("at least one upstream is needed")
-    servers = upstream_servers(text)
-    if not servers:
-        raise NginxError(f"{CONFIG.name}: the sesscache upstream has no server line")
-    parameters = {params for _, params in servers}
-    if len(parameters) != 1:
-        raise NginxError(f"{CONFIG.name}: the replicas' server lines differ: {sorted(parameters)}")
-    params = parameters.pop()
-    suffix = f" {params}" if params else ""
-
-    lines = text.splitlines()
-    server_line = re.compile(r"^(\s*)server\s+\S+[^;]*;\s*$")
-    in_upstream = False
-    rendered: list[str] = []
-    replaced = False
-    for line in lines:
-        if re.match(r"^\s*upstream\s+sesscache\s*\{", line):
-            in_upstream = True
-        elif in_upstream and re.match(r"^\s*\}", line):
-            in_upstream = False
-        match = server_line.match(line) if in_upstream else None
-        if match is None:
-            rendered.append(line)
-            continue
-        if not replaced:
-            indent = match.group(1)
-            rendered.extend(f"{indent}server {address}{suffix};" for address in upstreams)
-            replaced = True
-    result = "\n".join(rendered) + "\n"
+    params = upstream_parameters()
+    if upstream_servers(text):
+        raise NginxError(f"{CONFIG.name}: the upstream lists servers; entrypoint.sh writes them")
+    if upstreams is None:
+        servers = rf"\g<indent>include {UPSTREAM_INCLUDE};\n"
+    else:
+        servers = "".join(f"\\g<indent>server {address} {params};\n" for address in upstreams)
+    result, count = re.subn(
+        rf"^(?P<indent>[ \t]*)include\s+{re.escape(UPSTREAM_INCLUDE)};[ \t]*\n",
+        servers,
+        text,
+        flags=re.MULTILINE,
+    )
+    if count != 1:
+        raise NginxError(f"{CONFIG.name}: expected one `include {UPSTREAM_INCLUDE};`")
+    block = re.search(r"^\s*upstream\s+sesscache\s*\{(.*?)^\s*\}", result, re.M | re.S)
+    if block is None or not re.search(r"^\s*(server|include)\s", block.group(1), re.M):
+        raise NginxError(f"{CONFIG.name}: the include is not in `upstream sesscache {{ ... }}`")
 
     result = _replace_once(
-        rf"^(?P<indent>[ \t]*)listen\s+{CONTAINER_PORT}\s+http2;",
-        f"listen {listen} http2;",
+        rf"^(?P<indent>[ \t]*)listen\s+{CONTAINER_PORT};",
+        f"listen {listen};",
         result,
-        f"`listen {CONTAINER_PORT} http2;`",
+        f"`listen {CONTAINER_PORT};`",
     )
+    if not http2_directive:
+        result = legacy_http2(result)
     result = _replace_once(
         r"^error_log\s+stderr\s+(\w+);",
         f"error_log {directory / 'error.log'} warn;",
@@ -146,25 +192,36 @@ def _free_port() -> int:
 
 
 class Nginx:
-    """A native nginx proxying to ``upstreams`` (``HOST:PORT`` each), in ``directory``."""
+    """A native nginx proxying to ``upstreams`` (``HOST:PORT`` each), in ``directory``.
+
+    With ``entrypoint`` (environment for it; ``upstreams`` then ``None``),
+    nginx is started as the compose service starts it: through
+    deploy/nginx/entrypoint.sh, which writes ``directory / UPSTREAM_INCLUDE``,
+    keeps it up to date and reloads nginx.
+    """
 
     def __init__(
         self,
         directory: Path,
-        upstreams: Sequence[str],
+        upstreams: Sequence[str] | None,
         *,
         binary: str | None = None,
         name: str = "nginx",
+        entrypoint: Mapping[str, str] | None = None,
     ) -> None:
+        if (upstreams is None) != (entrypoint is not None):
+            raise ValueError("give either upstreams or the entrypoint's environment")
         found = binary or find_nginx()
         if found is None:
             raise FileNotFoundError("nginx is not installed (apt-get install nginx)")
         self.binary = found
         self.name = name
         self.directory = directory
-        self.upstreams = list(upstreams)
+        self.upstreams = None if upstreams is None else list(upstreams)
+        self.entrypoint = None if entrypoint is None else dict(entrypoint)
         self.port: int | None = None
         self._process: subprocess.Popen[bytes] | None = None
+        self._http2_directive: bool | None = None
 
     @property
     def target(self) -> str:
@@ -188,6 +245,11 @@ class Nginx:
     def access_log(self) -> Path:
         return self.directory / "access.log"
 
+    @property
+    def upstream_file(self) -> Path:
+        """The upstream list entrypoint.sh writes (with ``entrypoint``)."""
+        return self.directory / UPSTREAM_INCLUDE
+
     def _command(self, *extra: str) -> list[str]:
         return [
             self.binary,
@@ -208,13 +270,34 @@ class Nginx:
         self.directory.chmod(0o755)
         for name in _TEMP_PATHS:
             (self.directory / "temp" / name).mkdir(parents=True, exist_ok=True)
+        if self._http2_directive is None:
+            self._http2_directive = nginx_version(self.binary) >= HTTP2_DIRECTIVE_SINCE
         text = render_native(
             CONFIG.read_text(encoding="utf-8"),
             listen=f"127.0.0.1:{port}",
             upstreams=self.upstreams,
             directory=self.directory,
+            http2_directive=self._http2_directive,
         )
         self.config_path.write_text(text, encoding="utf-8")
+        if self.entrypoint is not None:
+            self.render_upstream()
+
+    def render_upstream(self) -> str:
+        """Run ``entrypoint.sh render`` (with ``entrypoint``): the upstream list it wrote."""
+        if self.entrypoint is None:
+            raise NginxError(f"{self.name} does not run entrypoint.sh")
+        result = subprocess.run(
+            ["sh", str(ENTRYPOINT), "render"],
+            env={**os.environ, "UPSTREAM_FILE": str(self.upstream_file), **self.entrypoint},
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=False,
+        )
+        if result.returncode != 0:
+            raise NginxError(f"entrypoint.sh render failed:\n{result.stdout}{result.stderr}")
+        return self.upstream_file.read_text(encoding="utf-8")
 
     def check_config(self) -> str:
         """``nginx -t`` on the rendered config; its output. Raises NginxError if invalid."""
@@ -237,11 +320,16 @@ class Nginx:
             port = _free_port()
             self.write_config(port)
             stdout = (self.directory / "nginx.out").open("ab")
+            command, env = self._command(), None
+            if self.entrypoint is not None:
+                command = ["sh", str(ENTRYPOINT), *command]
+                env = {**os.environ, "UPSTREAM_FILE": str(self.upstream_file), **self.entrypoint}
             self._process = subprocess.Popen(
-                self._command(),
+                command,
                 stdin=subprocess.DEVNULL,
                 stdout=stdout,
                 stderr=subprocess.STDOUT,
+                env=env,
             )
             stdout.close()
             deadline = time.monotonic() + timeout

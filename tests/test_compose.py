@@ -5,14 +5,19 @@
 - Every ``SESSCACHE_*`` variable the compose file or the Dockerfile sets is one
   the server reads, and the container's settings load (``server.config.load``).
 - The Dockerfile: slim Python 3.11, multi-stage, non-root, SIGTERM, health
-  check, the Makefile's protoc command, exactly the pinned runtime list.
+  check, a volume for the SQLite data, the gRPC and metrics ports, the
+  Makefile's protoc command, exactly the pinned runtime list.
+- One image: ``server`` builds it; ``client`` and ``replica`` only name it.
+- The server's metrics port (``SESSCACHE_HTTP_LISTEN``) is on and published
+  on loopback.
 - The stack runs: the server is started natively with exactly the compose
   file's command and environment (the Dockerfile's CMD and ENV beneath it) on
   the test PostgreSQL, then the ``client`` service's command (the walk-through)
   and the server's compose health check run natively against it. The only
   rewrites are what a container network gives for free: the ``postgres`` host
   becomes the test cluster's 127.0.0.1:PORT, ``0.0.0.0:50051`` becomes
-  ``127.0.0.1:0`` (the port is read from the log), ``server:50051`` and the
+  ``127.0.0.1:0`` (the port is read from the log), so does the metrics
+  port ``0.0.0.0:9464`` (then ``/metrics`` is read), ``server:50051`` and the
   health check's ``127.0.0.1:50051`` become the real address, ``python`` is
   this interpreter, and ``/data`` a temporary directory. The compose file's
   PostgreSQL user, password and database are created on the test cluster.
@@ -29,6 +34,7 @@ import shlex
 import shutil
 import subprocess
 import sys
+import urllib.request
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -53,6 +59,8 @@ MAKEFILE = ROOT / "Makefile"
 REQUIREMENTS = ROOT / "requirements.txt"
 
 CONTAINER_PORT = 50051
+METRICS_PORT = 9464
+IMAGE = "sesscache:local"
 HEALTH_TARGET = f"127.0.0.1:{CONTAINER_PORT}"
 SERVER_TARGET = f"server:{CONTAINER_PORT}"
 
@@ -232,7 +240,10 @@ def test_server_service() -> None:
     build = server["build"]
     assert build == "." or (build["context"] == "." and build.get("dockerfile") == "Dockerfile")
     assert server["depends_on"]["postgres"]["condition"] == "service_healthy"
-    assert f"127.0.0.1:{CONTAINER_PORT}:{CONTAINER_PORT}" in server["ports"]
+    assert server["ports"] == [
+        f"127.0.0.1:{CONTAINER_PORT}:{CONTAINER_PORT}",
+        f"127.0.0.1:{METRICS_PORT}:{METRICS_PORT}",
+    ]
     assert healthcheck_command(server) == [
         "python",
         "-m",
@@ -244,6 +255,17 @@ def test_server_service() -> None:
         "health",
     ]
     assert server.get("stop_signal", "SIGTERM") == "SIGTERM"
+
+
+def test_one_image_built_once() -> None:
+    """``server`` builds the image; every other service of it only names it, never pulls it."""
+    services: dict[str, Any] = load_compose()["services"]
+    builders = sorted(name for name, svc in services.items() if "build" in svc)
+    assert builders == ["server"]
+    users = sorted(name for name, svc in services.items() if svc.get("image") == IMAGE)
+    assert users == ["client", "replica", "server"]
+    for name in ("client", "replica"):
+        assert services[name].get("pull_policy") == "never", f"{name} would pull {IMAGE}"
 
 
 def test_client_service_is_a_one_off_tool() -> None:
@@ -260,7 +282,7 @@ def test_client_service_is_a_one_off_tool() -> None:
     ]
 
 
-@pytest.mark.parametrize("name", ["server", "client"])
+@pytest.mark.parametrize("name", ["server", "client", "replica"])
 def test_compose_sets_only_variables_the_server_reads(name: str) -> None:
     known = set(config.environment_variables())
     names = [key for key in environment(service(name)) if key.startswith(config.ENV_PREFIX)]
@@ -291,6 +313,7 @@ def test_server_settings_in_the_container() -> None:
     assert url.username == postgres_env["POSTGRES_USER"]
     assert url.password == postgres_env["POSTGRES_PASSWORD"]
     assert url.database == postgres_env["POSTGRES_DB"]
+    assert settings.effective_http_listen() == f"0.0.0.0:{METRICS_PORT}"
     # Docker sends SIGKILL after stop_grace_period: the drain must end before it.
     grace_period = duration_seconds(str(server["stop_grace_period"]))
     assert grace_period > settings.grace, (grace_period, settings.grace)
@@ -310,7 +333,14 @@ def test_dockerfile_image() -> None:
     user = only(stage, "USER").split(":")[0]
     assert user not in ("", "root", "0"), "the image must run as a non-root user"
     assert only(stage, "STOPSIGNAL") == "SIGTERM"
-    assert only(stage, "EXPOSE") == str(CONTAINER_PORT)
+    assert only(stage, "EXPOSE").split() == [str(CONTAINER_PORT), str(METRICS_PORT)]
+    data_dir = dockerfile_env()["SESSCACHE_DATA_DIR"]
+    assert exec_form(only(stage, "VOLUME"), "VOLUME") == [data_dir]
+    # The volume is declared after /data is made and handed to the server's user.
+    keywords = [(i.keyword, i.arguments) for i in stage]
+    volume_at = keywords.index(("VOLUME", only(stage, "VOLUME")))
+    chown_at = next(n for n, (k, a) in enumerate(keywords) if k == "RUN" and "chown" in a)
+    assert chown_at < volume_at
     assert exec_form(only(stage, "CMD"), "CMD") == ["python", "-m", "server"]
     health = only(stage, "HEALTHCHECK")
     options, _, command = health.partition(" CMD ")
@@ -464,6 +494,8 @@ def test_stack_runs_natively(
             host=postgres.host, port=postgres.port
         ).render_as_string(hide_password=False)
         env["SESSCACHE_DATA_DIR"] = str(tmp_path / "data")
+        assert env["SESSCACHE_HTTP_LISTEN"] == f"0.0.0.0:{METRICS_PORT}"
+        env["SESSCACHE_HTTP_LISTEN"] = "127.0.0.1:0"
         command = native(service_command(server_svc), {})
 
         with ServerProcess(command=command, env=env) as server:
@@ -472,6 +504,13 @@ def test_stack_runs_natively(
             assert f"serving on {target}" in serving
             assert f"@{postgres.host}:{postgres.port}/{url.database}" in serving
             assert f"{url.username}:***@" in serving  # the compose credentials, hidden
+            metrics_line = next(line for line in server.lines if "metrics on http://" in line)
+            metrics_url = re.search(r"http://\S+/metrics", metrics_line)
+            assert metrics_url is not None, metrics_line
+            assert metrics_url.group(0).startswith("http://127.0.0.1:")
+            with urllib.request.urlopen(metrics_url.group(0), timeout=10) as response:  # noqa: S310
+                assert response.status == 200
+                assert "sesscache_sessions" in response.read().decode()
 
             walkthrough = run_native(
                 native(service_command(client_svc), {SERVER_TARGET: target}),

@@ -3,8 +3,9 @@
 - The nginx config kept in the repository (``deploy/nginx/sesscache.conf``,
   the compose service's nginx.conf) routes on the ``session-id`` header with
   a consistent hash, retries on the next replica, and marks failed replicas
-  (passive checks); the native rendering changes only addresses and paths,
-  and Debian's nginx accepts it (``nginx -t``).
+  (passive checks); the native rendering changes only addresses and paths
+  (plus ``http2 on;`` as ``listen ... http2`` for Debian's nginx 1.22), and
+  Debian's nginx accepts it (``nginx -t``).
 - The whole scenario (:mod:`scale.scenario`) on a real PostgreSQL, a real
   Redis, 3 replicas and nginx: shared region across replicas, 1,000 sessions
   HIT on their second query, each on exactly one replica (asked directly),
@@ -22,7 +23,16 @@ from pathlib import Path
 import pytest
 import redis
 
-from scale.nginx import CONFIG, CONTAINER_PORT, Nginx, NginxError, render_native, upstream_servers
+from scale.nginx import (
+    CONFIG,
+    CONTAINER_PORT,
+    UPSTREAM_INCLUDE,
+    Nginx,
+    NginxError,
+    render_native,
+    upstream_parameters,
+    upstream_servers,
+)
 from scale.scenario import Check, Settings, run_scenario
 from scale.topology import Topology
 from tests.support import nginx as nginx_support
@@ -59,7 +69,9 @@ def test_config_routes_on_the_session_id_with_a_consistent_hash() -> None:
     assert "default $http_session_id;" in found
     assert "hash $sesscache_affinity_key consistent;" in found
     assert "zone sesscache 64k;" in found  # failure marks shared by the workers
-    assert f"listen {CONTAINER_PORT} http2;" in found
+    assert f"listen {CONTAINER_PORT};" in found
+    assert "http2 on;" in found
+    assert f"include {UPSTREAM_INCLUDE};" in found  # written by entrypoint.sh
     assert "grpc_pass grpc://sesscache;" in found
 
 
@@ -72,11 +84,9 @@ def test_config_fails_over_passively() -> None:
         "invalid_header",
         "non_idempotent",
     }
-    servers = upstream_servers(config_text())
-    assert len(servers) >= 2
-    for _, parameters in servers:
-        assert re.search(r"\bmax_fails=1\b", parameters)
-        assert re.search(r"\bfail_timeout=\d+s\b", parameters)
+    parameters = upstream_parameters()  # entrypoint.sh's, on every replica's server line
+    assert re.search(r"\bmax_fails=1\b", parameters)
+    assert re.search(r"\bfail_timeout=\d+s\b", parameters)
 
 
 def test_native_rendering_changes_only_addresses_and_paths(tmp_path: Path) -> None:
@@ -86,13 +96,24 @@ def test_native_rendering_changes_only_addresses_and_paths(tmp_path: Path) -> No
         original, listen="127.0.0.1:2000", upstreams=upstreams, directory=tmp_path
     )
     before, after = directives(original), directives(rendered)
-    parameters = upstream_servers(original)[0][1]
+    parameters = upstream_parameters()
     assert upstream_servers(rendered) == [(address, parameters) for address in upstreams]
+    # Debian's nginx 1.22 has no `http2` directive: the parameter of `listen` instead.
     assert "listen 127.0.0.1:2000 http2;" in after
+    assert "http2 on;" not in after
     assert f"error_log {tmp_path / 'error.log'} warn;" in after
+    modern = render_native(
+        original,
+        listen="127.0.0.1:2000",
+        upstreams=upstreams,
+        directory=tmp_path,
+        http2_directive=True,
+    )
+    assert {"listen 127.0.0.1:2000;", "http2 on;"} <= set(directives(modern))
 
     def rewritten(directive: str) -> bool:
-        return directive.startswith(("server ", "listen ", "error_log ", "access_log "))
+        prefixes = ("server ", "include ", "listen ", "http2 ", "error_log ", "access_log ")
+        return directive.startswith(prefixes)
 
     assert [d for d in before if not rewritten(d)] == [
         d for d in after if not rewritten(d) and "_temp_path " not in d
@@ -106,16 +127,19 @@ def test_native_rendering_changes_only_addresses_and_paths(tmp_path: Path) -> No
 
 
 def test_native_rendering_refuses_a_config_it_does_not_understand(tmp_path: Path) -> None:
-    text = config_text().replace(f"listen {CONTAINER_PORT} http2;", "listen 8080 http2;")
+    text = config_text().replace(f"listen {CONTAINER_PORT};", "listen 8080;")
     with pytest.raises(NginxError, match="listen"):
         render_native(text, listen="127.0.0.1:1", upstreams=["127.0.0.1:2"], directory=tmp_path)
-    lines = config_text().splitlines()
-    first_server = next(i for i, line in enumerate(lines) if line.strip().startswith("server "))
-    lines[first_server] = lines[first_server].replace("max_fails=1", "max_fails=3")
-    with pytest.raises(NginxError, match="differ"):
-        render_native(
-            "\n".join(lines), listen="127.0.0.1:1", upstreams=["127.0.0.1:2"], directory=tmp_path
-        )
+    include = f"include {UPSTREAM_INCLUDE};"
+    text = config_text().replace(include, "server sesscache-replica-1:50051;")
+    with pytest.raises(NginxError, match=r"entrypoint\.sh writes them"):
+        render_native(text, listen="127.0.0.1:1", upstreams=["127.0.0.1:2"], directory=tmp_path)
+    text = config_text().replace(include, "")
+    with pytest.raises(NginxError, match="include"):
+        render_native(text, listen="127.0.0.1:1", upstreams=["127.0.0.1:2"], directory=tmp_path)
+    text = config_text().replace("http2 on;", "")
+    with pytest.raises(NginxError, match="http2 on"):
+        render_native(text, listen="127.0.0.1:1", upstreams=["127.0.0.1:2"], directory=tmp_path)
 
 
 @pytest.mark.nginx
