@@ -119,7 +119,7 @@ class Settings:
         "WatchCacheEvents streams one principal may have open at once", default=8
     )
     max_concurrent_streams: int = _opt(
-        "concurrent calls (HTTP/2 streams) one client connection may have open", default=100
+        "concurrent calls (HTTP/2 streams) one client connection may have open", default=1000
     )
     max_concurrent_rpcs: int = _opt(
         "calls the server runs at once; more are refused with RESOURCE_EXHAUSTED", default=4096
