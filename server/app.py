@@ -283,6 +283,21 @@ def _regions(
     return regions
 
 
+def client_gone(record: logging.LogRecord) -> bool:
+    """grpc logs a write to a stream whose client just went away as an ERROR with a
+    traceback: a watcher closing its stream is no error. Such records become one
+    debug line (a logging filter on grpc's logger)."""
+    error = record.exc_info[1] if record.exc_info else None
+    if type(error).__name__ == "ExecuteBatchError" and record.levelno >= logging.ERROR:
+        record.levelno, record.levelname = logging.DEBUG, "DEBUG"
+        record.msg, record.args, record.exc_info = (
+            "a stream's client went away while it was written to: %s",
+            (record.getMessage(),),
+            None,
+        )
+    return True
+
+
 def grpc_server(
     settings: config.Settings,
     interceptors: Sequence[grpc.aio.ServerInterceptor],  # type: ignore[type-arg]
@@ -295,6 +310,7 @@ def grpc_server(
             # port would start and share its connections at random.
             ("grpc.so_reuseport", 0),
             ("grpc.max_concurrent_streams", settings.max_concurrent_streams),
+            ("grpc.max_receive_message_length", settings.max_request_bytes),
         ],
         maximum_concurrent_rpcs=settings.max_concurrent_rpcs,
     )
@@ -398,6 +414,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
+    logging.getLogger("grpc._cython.cygrpc").addFilter(client_gone)
     try:
         engine = prepare(settings)
     except db.DatabaseUnavailable as error:

@@ -124,6 +124,11 @@ class Settings:
     max_concurrent_rpcs: int = _opt(
         "calls the server runs at once; more are refused with RESOURCE_EXHAUSTED", default=4096
     )
+    max_request_bytes: int = _opt(
+        "bytes one request message may have; larger ones are refused by gRPC with "
+        "RESOURCE_EXHAUSTED before they are parsed",
+        default=256 * 1024,
+    )
     max_response_bytes: int = _opt(
         "bytes a listing or invalidation response may hold; longer pages end early and "
         "the next page token carries on",
@@ -172,6 +177,7 @@ class Settings:
             "max_watchers_per_principal",
             "max_concurrent_streams",
             "max_concurrent_rpcs",
+            "max_request_bytes",
             "max_response_bytes",
             "http_max_connections",
         )

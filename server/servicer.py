@@ -411,6 +411,8 @@ class SessionCacheServicer(pb_grpc.SessionCacheServicer):
                 # them, its subscription is in place and it misses nothing after.
                 await context.send_initial_metadata(())
                 while (item := await subscription.next()) is not None:
+                    if context.done():
+                        break  # the watcher went away: write nothing more
                     event, lost = item
                     yield event_message(event, lost, self.inspector)
             finally:
@@ -463,6 +465,8 @@ class SessionCacheServicer(pb_grpc.SessionCacheServicer):
         clients repeat requests: a repeat skips validation, token checks and
         building the query value.
         """
+        if request.ByteSize() > requests.KNOWN_REQUEST_MAX:
+            return requests.persons_request(request, self.tokens)  # never remembered
         raw = request.SerializeToString()
         persons = self._known_requests.get(raw)
         if persons is None:

@@ -413,7 +413,8 @@ def test_name_ranges_compare_literally(client: Client, session_id: str) -> None:
 @pytest.mark.parametrize(
     ("count", "expected"),
     [
-        pytest.param(600_000, grpc.StatusCode.INVALID_ARGUMENT, id="3.6MB-too-many-ids"),
+        pytest.param(40_000, grpc.StatusCode.INVALID_ARGUMENT, id="240KB-too-many-ids"),
+        pytest.param(50_000, grpc.StatusCode.RESOURCE_EXHAUSTED, id="300KB-over-max-request-bytes"),
         pytest.param(720_000, grpc.StatusCode.RESOURCE_EXHAUSTED, id="4.3MB-over-the-limit"),
     ],
 )

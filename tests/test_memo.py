@@ -115,7 +115,13 @@ def test_padded_requests_are_not_remembered(server: ServerThread, channel: grpc.
     before = (len(memo), memo.bytes)
     for index in range(300):
         request = pb.QueryPersonsRequest(ids=[10**9 + index], view=pb.PERSON_VIEW_BASIC)
-        send(_padded(request, 1 << 20), timeout=30)
+        # Under max_request_bytes (256 KiB): parsed and answered, never remembered.
+        send(_padded(request, 200 * 1024), timeout=30)
+    assert (len(memo), memo.bytes) == before
+    # 1 MiB of padding is refused before it is parsed.
+    with pytest.raises(grpc.RpcError) as refused:
+        send(_padded(pb.QueryPersonsRequest(ids=[1]), 1 << 20), timeout=30)
+    assert refused.value.code() is grpc.StatusCode.RESOURCE_EXHAUSTED
     assert (len(memo), memo.bytes) == before
     # The same requests unpadded are remembered (so the check above means something).
     for index in range(3):

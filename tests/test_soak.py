@@ -126,7 +126,10 @@ def test_a_short_hostile_soak_serves_alice_and_never_fails_internally(
         assert check(name, output), output
     # Figures of both principals' traffic, so a broken soak cannot pass empty.
     assert re.search(r"^  bob   hostile .*churn OK \d+", output, re.MULTILINE), output
-    assert re.search(r"^  bob   hostile .*padded OK \d+", output, re.MULTILINE), output
+    # 1 MiB of padding is over max_request_bytes: refused before it is parsed.
+    assert re.search(r"^  bob   hostile .*padded RESOURCE_EXHAUSTED \d+", output, re.MULTILINE), (
+        output
+    )
     served = re.search(r"alice's hits served, quiet and hostile: (\d+) and (\d+)", output)
     assert served, output
     assert min(int(served.group(1)), int(served.group(2))) > 100, output
