@@ -10,7 +10,6 @@ and allocators keeping what was freed (see :mod:`server.memory`).
 from __future__ import annotations
 
 import time
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import psutil
@@ -31,32 +30,28 @@ def _name(i: int) -> str:
 @pytest.mark.slow
 def test_rss_comes_back_after_a_burst_of_sessions(tmp_path: Path) -> None:
     args = ["--listen", "127.0.0.1:0", "--data-dir", str(tmp_path)]
-    with (
-        ServerProcess(args) as server,
-        Client(server.target, timeout=30) as client,
-        ThreadPoolExecutor(4) as pool,
-    ):
+    with ServerProcess(args) as server, Client(server.target, timeout=30) as client:
         process = psutil.Process(server.process.pid)
         # Every query shape once, so the caches bounded per shape are as full
         # before the start as after the burst.
         for i in range(NAMES):
             client.session(f"warm-{i}").query_persons(name=_name(i))
             client.session(f"warm-{i}").end()
-        time.sleep(2)
+        time.sleep(1)
         start = process.memory_info().rss
 
-        list(
-            pool.map(
-                lambda i: client.session(f"s-{i}").query_persons(name=_name(i)), range(SESSIONS)
-            )
-        )
+        # One call at a time: concurrent calls would also start more database
+        # worker threads (up to --db-workers), each with a stack of its own.
+        for i in range(SESSIONS):
+            client.session(f"s-{i}").query_persons(name=_name(i))
         peak = process.memory_info().rss
         assert client.server_stats().sessions == SESSIONS
-        list(pool.map(lambda i: client.session(f"s-{i}").end(), range(SESSIONS)))
+        for i in range(SESSIONS):
+            client.session(f"s-{i}").end()
         assert client.server_stats().sessions == 0
 
         bound = max(start * 1.1, start + 16 * MiB)
-        deadline = time.monotonic() + 10
+        deadline = time.monotonic() + 15  # the upkeep releases memory every 5 s
         after = process.memory_info().rss
         while after > bound and time.monotonic() < deadline:
             time.sleep(0.5)
@@ -65,5 +60,5 @@ def test_rss_comes_back_after_a_burst_of_sessions(tmp_path: Path) -> None:
             f"RSS start {start / MiB:.1f} MiB, peak {peak / MiB:.1f} MiB, "
             f"after the sessions ended {after / MiB:.1f} MiB (bound {bound / MiB:.1f} MiB)"
         )
-        assert peak > start + 32 * MiB, f"the burst did not show: {figures}"
+        assert peak > start + 48 * MiB, f"the burst did not show: {figures}"
         assert after <= bound, figures
