@@ -353,6 +353,8 @@ def _expiration(seconds: float) -> float | None:
 
 #: Sessions ended since the last trim that make the upkeep give memory back.
 TRIM_AFTER_SESSIONS = 64
+#: Seconds after which a quiet server gives back what any ended session left.
+RELEASE_AT_LEAST_EVERY = 30.0
 
 
 def idle(registry: SessionRegistry) -> bool:
@@ -365,6 +367,7 @@ async def _upkeep(registry: SessionRegistry, regions: list[CacheRegion]) -> None
     timeout = registry.limits.idle_timeout
     interval = 30.0 if timeout is None else max(0.05, min(timeout / 4, 30.0))
     trimmed_at = registry.sessions_ended
+    released = time.monotonic()
     while True:
         await asyncio.sleep(min(interval, 5.0))
         registry.reap()
@@ -373,10 +376,16 @@ async def _upkeep(registry: SessionRegistry, regions: list[CacheRegion]) -> None
             if sweep is not None:
                 sweep()
         ended = registry.sessions_ended - trimmed_at
-        if ended >= 16 * TRIM_AFTER_SESSIONS or (ended >= TRIM_AFTER_SESSIONS and idle(registry)):
+        quiet = idle(registry)
+        if (
+            ended >= 16 * TRIM_AFTER_SESSIONS
+            or (ended >= TRIM_AFTER_SESSIONS and quiet)
+            or (ended and quiet and time.monotonic() - released >= RELEASE_AT_LEAST_EVERY)
+        ):
             # A burst is over: collect the cycles its sessions left (ORM objects
             # refer to each other) and hand the freed pages back.
             trimmed_at = registry.sessions_ended
+            released = time.monotonic()
             memory.release()
 
 
