@@ -11,12 +11,12 @@ PostgreSQL and Redis.
 
 from __future__ import annotations
 
-import os
 import subprocess
 
 import pytest
 
 from scale.nginx import find_nginx
+from tests.support.required import required
 
 REQUIRE_ENV = "SESSCACHE_REQUIRE_NGINX"
 """Environment variable that, set to ``1``, turns a missing nginx into a failure."""
@@ -26,10 +26,7 @@ _INSTALL_HINT = "install it with `apt-get install nginx`"
 
 def nginx_required() -> bool:
     """Whether a missing nginx must fail the tests instead of skipping them."""
-    return (
-        os.environ.get("CI", "").strip().lower() == "true"
-        or os.environ.get(REQUIRE_ENV, "").strip() == "1"
-    )
+    return required(REQUIRE_ENV)
 
 
 def binary_or_skip() -> str:

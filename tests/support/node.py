@@ -14,7 +14,6 @@ runs a script as a child process and never waits longer than its timeout.
 
 from __future__ import annotations
 
-import os
 import shutil
 import subprocess
 from collections.abc import Sequence
@@ -23,6 +22,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.support.required import required
 from tests.support.servers import ROOT
 
 __all__ = [
@@ -49,10 +49,7 @@ def node_required() -> bool:
 
     True on CI (``CI=true``, any case) or when ``SESSCACHE_REQUIRE_NODE=1``.
     """
-    return (
-        os.environ.get("CI", "").strip().lower() == "true"
-        or os.environ.get(REQUIRE_ENV, "").strip() == "1"
-    )
+    return required(REQUIRE_ENV)
 
 
 def node_or_skip() -> str:

@@ -47,6 +47,8 @@ from psycopg.rows import TupleRow
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError
 
+from tests.support.required import required
+
 __all__ = [
     "EXTERNAL_URL_ENV",
     "REQUIRE_ENV",
@@ -118,10 +120,7 @@ def postgres_required() -> bool:
 
     True on CI (``CI=true``, any case) or when ``SESSCACHE_REQUIRE_POSTGRES=1``.
     """
-    return (
-        os.environ.get("CI", "").strip().lower() == "true"
-        or os.environ.get(REQUIRE_ENV, "").strip() == "1"
-    )
+    return required(REQUIRE_ENV)
 
 
 def start_or_skip() -> PostgresServer:

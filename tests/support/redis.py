@@ -10,7 +10,6 @@ or skips when ``redis-server`` is not installed, unless Redis is required
 
 from __future__ import annotations
 
-import os
 import shutil
 import socket
 import subprocess
@@ -23,12 +22,12 @@ from typing import Self
 import pytest
 import redis
 
+from tests.support.required import required
+
 
 def redis_required() -> bool:
-    return (
-        os.environ.get("CI", "").lower() == "true"
-        or os.environ.get("SESSCACHE_REQUIRE_REDIS") == "1"
-    )
+    """Whether a missing Redis must fail the tests instead of skipping them."""
+    return required("SESSCACHE_REQUIRE_REDIS")
 
 
 def _free_port() -> int:
