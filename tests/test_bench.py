@@ -29,8 +29,10 @@ def test_quick_bench_measures_every_scenario(tmp_path: Path) -> None:
         "-m",
         "bench",
         "--quick",
+        # Long enough that a 50-row uncached call completes in its window
+        # even on a loaded machine (calls still running at its end do not count).
         "--duration",
-        "0.1",
+        "0.4",
         "--warmup",
         "0.02",
         "--inflight",
