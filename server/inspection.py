@@ -220,6 +220,12 @@ def _digest(key: str) -> str:
     return digest_of(key) if key else ""
 
 
+def limits_hit(registry: SessionRegistry, inspector: Inspector) -> dict[str, int]:
+    """Times each limit was hit server-wide, by setting name (the registry's and the
+    inspector's counts together)."""
+    return dict(registry.limits_hit + inspector.limits_hit)
+
+
 def server_totals(registry: SessionRegistry) -> tuple[int, int]:
     """(entries, approximate bytes) across every live session: O(1), kept as they change."""
     return registry.entries, registry.bytes

@@ -19,7 +19,7 @@ from prometheus_client import CollectorRegistry, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-from server.inspection import Inspector, server_totals
+from server.inspection import Inspector, limits_hit, server_totals
 from sesscache.registry import SessionRegistry
 
 _COUNTERS = {
@@ -55,7 +55,7 @@ class CacheCollector(Collector):
             "Times a limit refused a call or cut a page short, by setting name",
             labels=["limit"],
         )
-        for limit, count in sorted((self.registry.limits_hit + self.inspector.limits_hit).items()):
+        for limit, count in sorted(limits_hit(self.registry, self.inspector).items()):
             limits.add_metric([limit], count)
         yield limits
         entries, size = server_totals(self.registry)

@@ -37,6 +37,7 @@ from server.inspection import (
     Inspector,
     entry_message,
     event_message,
+    limits_hit,
     server_totals,
     session_message,
     stats_message,
@@ -248,14 +249,10 @@ class SessionCacheServicer(pb_grpc.SessionCacheServicer):
                 size_bytes=size + shared_bytes,
                 sessions=len(self.registry),
                 ended=self.registry.sessions_ended,
-                limits_hit=self.limits_hit(),
+                limits_hit=limits_hit(self.registry, self.inspector),
             )
         )
         return response
-
-    def limits_hit(self) -> dict[str, int]:
-        """Times each limit was hit, by setting name, server-wide."""
-        return dict(self.registry.limits_hit + self.inspector.limits_hit)
 
     async def ResetStats(
         self, request: pb.ResetStatsRequest, context: Context
