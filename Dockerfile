@@ -8,7 +8,7 @@
 # volume); docker-compose.yml points it at PostgreSQL instead. Port 9464 serves
 # /metrics and /healthz when SESSCACHE_HTTP_LISTEN=0.0.0.0:9464 (off by default;
 # docker-compose.yml turns it on). Every setting is an
-# environment variable SESSCACHE_* (see `python -m server --help`).
+# environment variable SESSCACHE_* (see `python -m sesscache_server --help`).
 
 ARG PYTHON_IMAGE=python:3.11-slim
 
@@ -43,10 +43,9 @@ COPY sesscache/ sesscache/
 COPY server/ server/
 COPY client/ client/
 
-# Same command as the Makefile; the mypy plugins are found on PATH.
-RUN PATH="/opt/codegen/bin:$PATH" /opt/codegen/bin/python -m grpc_tools.protoc -Iprotos \
-        --python_out=. --grpc_python_out=. --mypy_out=quiet:. --mypy_grpc_out=quiet:. \
-        protos/sesscache/v1/sesscache.proto \
+# The same generator as the Makefile (client/stubs.py); the mypy plugins are found on PATH.
+RUN PATH="/opt/codegen/bin:$PATH" /opt/codegen/bin/python client/stubs.py protos . sesscache.v1 \
+ && PATH="/opt/codegen/bin:$PATH" /opt/codegen/bin/python client/stubs.py protos client sesscache_client.v1 \
  && /opt/venv/bin/python -m compileall -q sesscache server client
 
 # -- runtime -----------------------------------------------------------------
@@ -55,6 +54,7 @@ FROM ${PYTHON_IMAGE} AS runtime
 ENV PATH=/opt/venv/bin:$PATH \
     PYTHONUNBUFFERED=1 \
     PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONPATH=/app/server:/app/client \
     SESSCACHE_LISTEN=0.0.0.0:50051 \
     SESSCACHE_DATA_DIR=/data
 
@@ -79,5 +79,5 @@ USER 10001:10001
 EXPOSE 50051 9464
 STOPSIGNAL SIGTERM
 HEALTHCHECK --interval=10s --timeout=5s --start-period=60s --start-interval=2s --retries=3 \
-    CMD ["python", "-m", "client", "--target", "127.0.0.1:50051", "--timeout", "3", "health"]
-CMD ["python", "-m", "server"]
+    CMD ["python", "-m", "sesscache_client", "--target", "127.0.0.1:50051", "--timeout", "3", "health"]
+CMD ["python", "-m", "sesscache_server"]

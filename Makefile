@@ -7,8 +7,8 @@ BIN    := $(VENV)/bin
 PY     := $(BIN)/python
 STAMP  := $(VENV)/.installed
 PROTO  := protos/sesscache/v1/sesscache.proto
-GEN    := sesscache/v1/sesscache_pb2.py sesscache/v1/sesscache_pb2.pyi \
-          sesscache/v1/sesscache_pb2_grpc.py sesscache/v1/sesscache_pb2_grpc.pyi
+STUBS  := sesscache_pb2.py sesscache_pb2.pyi sesscache_pb2_grpc.py sesscache_pb2_grpc.pyi
+GEN    := $(addprefix sesscache/v1/,$(STUBS)) $(addprefix client/sesscache_client/v1/,$(STUBS))
 PYTEST_ARGS ?=
 
 .PHONY: all setup node-deps proto run test lint typecheck pytest bench soak scale-demo clean
@@ -18,15 +18,18 @@ all: test
 setup: $(STAMP) $(GEN)
 
 # The virtual environment, rebuilt when a pinned list changes.
-$(STAMP): requirements.txt requirements-dev.txt
+$(STAMP): requirements.txt requirements-dev.txt pyproject.toml client/pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --disable-pip-version-check -r requirements-dev.txt
+	$(BIN)/pip install --quiet --disable-pip-version-check --no-deps --no-build-isolation \
+	    -e . -e ./client
 	touch $@
 
-# Python stubs for protos/, package-qualified (`sesscache.v1`), with mypy stubs.
-$(GEN) &: $(PROTO) $(STAMP)
-	PATH="$(abspath $(BIN)):$$PATH" $(PY) -m grpc_tools.protoc -Iprotos \
-	    --python_out=. --grpc_python_out=. --mypy_out=quiet:. --mypy_grpc_out=quiet:. $(PROTO)
+# Python stubs for protos/, with mypy stubs: the server's (`sesscache.v1`) and
+# the client's copy (`sesscache_client.v1`), by the generator the builds use.
+$(GEN) &: $(PROTO) $(STAMP) client/stubs.py
+	$(PY) client/stubs.py protos . sesscache.v1 >/dev/null
+	$(PY) client/stubs.py protos client sesscache_client.v1 >/dev/null
 
 # The Node test client's npm packages (tests/test_grpc_js.py), reinstalled when
 # package.json changes. No lock file is written. Without node and npm this warns
@@ -53,7 +56,7 @@ proto: $(STAMP)
 	$(MAKE) $(GEN)
 
 run: setup
-	$(PY) -m server $(ARGS)
+	$(PY) -m sesscache_server $(ARGS)
 
 lint: setup
 	$(BIN)/ruff check .

@@ -27,10 +27,10 @@ from typing import TYPE_CHECKING, Any
 
 import grpc
 
-from server.interceptors import AccessLogInterceptor, ErrorInterceptor
+from sesscache_server.interceptors import AccessLogInterceptor, ErrorInterceptor
 
 if TYPE_CHECKING:
-    from server.interceptors import Context
+    from sesscache_server.interceptors import Context
 
 SERVICE = "sesscache.bench.v1.Floor"
 #: The full method name of the empty RPC.

@@ -1,6 +1,6 @@
 """The in-process library benchmark: sesscache's caching without gRPC.
 
-Sets up what :func:`server.app.start` sets up (engine, session registry,
+Sets up what :func:`sesscache_server.app.start` sets up (engine, session registry,
 the two regions, the ``QueryCache`` hook on the sessionmaker) on a seeded
 SQLite file, opens one session scope and times ``session.execute(statement)
 .unique().scalars().all()`` (what the server runs) for a 1-row statement

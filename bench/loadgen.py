@@ -111,7 +111,7 @@ class _Counters:
 def _checker(expect: Expectation | None) -> Callable[[bytes], bool]:
     if expect is None:
         return lambda _response: True
-    from sesscache.v1 import sesscache_pb2 as pb
+    from sesscache_client.v1 import sesscache_pb2 as pb
 
     message, name, value = expect
     parse = getattr(pb, message).FromString

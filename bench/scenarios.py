@@ -245,7 +245,7 @@ class Bench:
         )
         if missing:
             self.results.notes.append(
-                f"{name} server: python -m server lacks {', '.join(missing)}; "
+                f"{name} server: python -m sesscache_server lacks {', '.join(missing)}; "
                 "ran with its defaults instead"
             )
         with child:
@@ -369,7 +369,7 @@ class Bench:
             ).result()
 
     def _query_group(self) -> None:
-        from sesscache.v1 import sesscache_pb2 as pb
+        from sesscache_client.v1 import sesscache_pb2 as pb
 
         config = self.config
         one = pb.QueryPersonsRequest(name="person 10")
@@ -446,7 +446,7 @@ class Bench:
                     self._end_session(child, inflight, miss)
 
     def _end_session(self, child: Child, inflight: int, miss: Expectation) -> None:
-        from sesscache.v1 import sesscache_pb2 as pb
+        from sesscache_client.v1 import sesscache_pb2 as pb
 
         config = self.config
         entries = min(config.end_entries, config.persons)
@@ -481,7 +481,7 @@ class Bench:
         )
 
     def _keys_group(self) -> None:
-        from sesscache.v1 import sesscache_pb2 as pb
+        from sesscache_client.v1 import sesscache_pb2 as pb
 
         config = self.config
         entries = min(config.keys_entries, config.persons)
@@ -518,7 +518,7 @@ class Bench:
                     self._measure(child, variants, inflight)
 
     def _live_group(self) -> None:
-        from sesscache.v1 import sesscache_pb2 as pb
+        from sesscache_client.v1 import sesscache_pb2 as pb
 
         config = self.config
         body = pb.QueryPersonsRequest(name="person 10").SerializeToString()
@@ -564,8 +564,8 @@ def _walk_pages(target: str, session: str, page_size: int) -> tuple[int, str, in
     """(total entries, the last page's token, pages) of ``session``'s cache listing."""
     import grpc
 
-    from sesscache.v1 import sesscache_pb2 as pb
-    from sesscache.v1 import sesscache_pb2_grpc as pb_grpc
+    from sesscache_client.v1 import sesscache_pb2 as pb
+    from sesscache_client.v1 import sesscache_pb2_grpc as pb_grpc
 
     metadata = (("session-id", session),)
     with grpc.insecure_channel(target) as channel:

@@ -23,7 +23,7 @@ from typing import Self
 
 import psutil
 
-from server.child import die_with_parent, serving_port
+from sesscache_server.child import die_with_parent, serving_port
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -130,9 +130,9 @@ def floor(log_path: Path) -> Child:
 
 @cache
 def server_flags() -> frozenset[str]:
-    """The flags ``python -m server --help`` lists."""
+    """The flags ``python -m sesscache_server --help`` lists."""
     result = subprocess.run(
-        [sys.executable, "-m", "server", "--help"],
+        [sys.executable, "-m", "sesscache_server", "--help"],
         cwd=ROOT,
         env={**os.environ, "PYTHONPATH": str(ROOT)},
         capture_output=True,
@@ -154,11 +154,11 @@ def sesscache(
     """A sesscache server, and the optional flags it does not know (left out).
 
     ``optional`` flags (such as ``--max-entries-per-session``) are passed only
-    when ``python -m server --help`` lists them.
+    when ``python -m sesscache_server --help`` lists them.
     """
     args = [
         "-m",
-        "server",
+        "sesscache_server",
         "--listen",
         "127.0.0.1:0",
         "--database-url",

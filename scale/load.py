@@ -104,7 +104,7 @@ def _percentile(values: list[float], fraction: float) -> float:
 
 
 async def _generate(spec: LoadSpec, mark: Callable[[str], None]) -> LoadResult:
-    from sesscache.v1 import sesscache_pb2 as pb
+    from sesscache_client.v1 import sesscache_pb2 as pb
 
     latencies: list[float] = []
     errors: list[str] = []

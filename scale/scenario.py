@@ -52,8 +52,8 @@ from scale.load import MACHINE, LoadResult, LoadSpec, run_load
 from scale.topology import Replica, Topology, rss_bytes
 from sesscache.fixtures import person_name
 from sesscache.regions import SHARED_KEY_PREFIX
-from sesscache.v1 import sesscache_pb2 as pb
-from sesscache.v1 import sesscache_pb2_grpc as pb_grpc
+from sesscache_client.v1 import sesscache_pb2 as pb
+from sesscache_client.v1 import sesscache_pb2_grpc as pb_grpc
 
 T = TypeVar("T")
 

@@ -1,4 +1,4 @@
-"""The native topology: N ``python -m server`` replicas behind nginx, on loopback.
+"""The native topology: N ``python -m sesscache_server`` replicas behind nginx, on loopback.
 
 Every replica runs the real server as a child process with the settings a
 scaled deployment needs: the same PostgreSQL database, the shared ``default``
@@ -30,7 +30,7 @@ from types import TracebackType
 from typing import Self
 
 from scale.nginx import ROOT, Nginx
-from server.child import serving_port
+from sesscache_server.child import serving_port
 
 _CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
@@ -64,7 +64,7 @@ def rss_bytes(pid: int) -> int:
 
 @dataclass
 class Replica:
-    """One ``python -m server`` child process."""
+    """One ``python -m sesscache_server`` child process."""
 
     name: str
     command: list[str]
@@ -161,7 +161,7 @@ class Topology:
         command = [
             sys.executable,
             "-m",
-            "server",
+            "sesscache_server",
             "--listen",
             "127.0.0.1:0",
             "--database-url",

@@ -1,6 +1,6 @@
 """``python -m soak`` (``make soak``): many clients over many sessions against a real server.
 
-The soak starts ``python -m server`` as a child process with small limits
+The soak starts ``python -m sesscache_server`` as a child process with small limits
 and a short idle timeout (so LRU eviction, entry eviction, expiry and the
 idle reaper all work), then:
 
@@ -37,7 +37,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from client import Client, SessionNotFound
+from sesscache_client import Client, SessionNotFound
 from soak.load import Tally, Truth, run_phase, warm_every_shape
 from soak.server import ServerChild
 

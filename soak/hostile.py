@@ -1,6 +1,6 @@
 """``python -m soak --hostile``: the soak with hostile traffic mixed in.
 
-The server (a ``python -m server`` child, :class:`soak.server.ServerChild`)
+The server (a ``python -m sesscache_server`` child, :class:`soak.server.ServerChild`)
 runs with authentication on: tokens for the honest principal ``alice``, the
 hostile ``bob`` and ``admin`` (who only reads the server's counters), the
 small limits of the plain soak, and the per-principal and watcher limits
@@ -55,8 +55,8 @@ from typing import Any
 
 import psutil
 
-from client import Client, SesscacheError
-from sesscache.v1 import sesscache_pb2 as pb
+from sesscache_client import Client, SesscacheError
+from sesscache_client.v1 import sesscache_pb2 as pb
 from soak.load import Truth
 from soak.server import ServerChild
 from soak.traffic import (

@@ -27,8 +27,8 @@ from typing import Literal
 
 from sqlalchemy import create_engine, text
 
-from client import Client, SesscacheError, Session, SessionNotFound
-from sesscache.v1 import sesscache_pb2 as pb
+from sesscache_client import Client, SesscacheError, Session, SessionNotFound
+from sesscache_client.v1 import sesscache_pb2 as pb
 
 _shapes = random.Random(20261129)
 #: Name ranges queried, as (first, last) person numbers.

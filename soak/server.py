@@ -1,4 +1,4 @@
-"""The server under soak: ``python -m server`` as a child process, watched from outside.
+"""The server under soak: ``python -m sesscache_server`` as a child process, watched from outside.
 
 :class:`ServerChild` starts the real server with the soak's limits, at debug
 log level, on 127.0.0.1 port 0 with Prometheus metrics on another free
@@ -31,7 +31,7 @@ from typing import Self
 import psutil
 from prometheus_client.parser import text_string_to_metric_families
 
-from server.child import SERVING_LINE, die_with_parent
+from sesscache_server.child import SERVING_LINE, die_with_parent
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -50,7 +50,7 @@ EVENTS = {
 
 
 class ServerChild:
-    """``python -m server ARGS`` in a child process, its log followed by a thread."""
+    """``python -m sesscache_server ARGS`` in a child process, its log followed by a thread."""
 
     def __init__(
         self,
@@ -65,7 +65,7 @@ class ServerChild:
         self.command = [
             sys.executable,
             "-m",
-            "server",
+            "sesscache_server",
             "--listen=127.0.0.1:0",
             "--metrics-listen=127.0.0.1:0",
             f"--log-level={log_level}",

@@ -20,8 +20,8 @@ from pathlib import Path
 
 import pytest
 
-from client import Client
-from server.config import Settings
+from sesscache_client import Client
+from sesscache_server.config import Settings
 from tests.support.postgres import PostgresServer, start_or_skip
 from tests.support.redis import RedisServer
 from tests.support.redis import start_or_skip as start_redis_or_skip

@@ -24,10 +24,10 @@ from dataclasses import dataclass
 import grpc
 import pytest
 
-from client import Client, InvalidArgument, SesscacheError, from_rpc_error
-from server.requests import MAX_ID, MAX_IDS, MAX_NAME
-from sesscache.v1 import sesscache_pb2 as pb
-from sesscache.v1 import sesscache_pb2_grpc as pb_grpc
+from sesscache_client import Client, InvalidArgument, SesscacheError, from_rpc_error
+from sesscache_client.v1 import sesscache_pb2 as pb
+from sesscache_client.v1 import sesscache_pb2_grpc as pb_grpc
+from sesscache_server.requests import MAX_ID, MAX_IDS, MAX_NAME
 from tests.conftest import settings_for
 from tests.support.servers import ServerThread
 
@@ -90,9 +90,9 @@ def raw(sqlite_server: ServerThread) -> Iterator[Raw]:
 @pytest.fixture(autouse=True)
 def no_server_errors(caplog: pytest.LogCaptureFixture) -> Iterator[None]:
     """No call may end in the server's "unexpected error" path (an INTERNAL status)."""
-    caplog.set_level(logging.ERROR, logger="server.errors")
+    caplog.set_level(logging.ERROR, logger="sesscache_server.errors")
     yield
-    unexpected = [r for r in caplog.records if r.name == "server.errors"]
+    unexpected = [r for r in caplog.records if r.name == "sesscache_server.errors"]
     assert unexpected == [], "the server logged an unexpected error"
 
 

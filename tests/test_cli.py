@@ -1,7 +1,7 @@
-"""The command line tool (``python -m client``) against a real server, both backends.
+"""The command line tool (``python -m sesscache_client``) against a real server, both backends.
 
 Most tests call :func:`client.cli.main` in-process and read what it printed
-(capsys); a few run ``python -m client`` as a real child process, to check
+(capsys); a few run ``python -m sesscache_client`` as a real child process, to check
 the entry point, the exit status and that errors are one line, never a
 traceback.
 """
@@ -16,8 +16,8 @@ import sys
 
 import pytest
 
-from client import SERVICE_NAME, Client
-from client.cli import (
+from sesscache_client import SERVICE_NAME, Client
+from sesscache_client.cli import (
     EXIT_ERROR,
     EXIT_INVALID_ARGUMENT,
     EXIT_NOT_FOUND,
@@ -30,9 +30,9 @@ from tests.support.servers import ROOT, ServerThread
 
 
 def _run(*args: str) -> subprocess.CompletedProcess[str]:
-    """``python -m client ARGS`` as a child process."""
+    """``python -m sesscache_client ARGS`` as a child process."""
     return subprocess.run(
-        [sys.executable, "-m", "client", *args],
+        [sys.executable, "-m", "sesscache_client", *args],
         cwd=ROOT,
         env={**os.environ, "PYTHONPATH": str(ROOT)},
         capture_output=True,
@@ -223,7 +223,7 @@ def test_subprocess_query_and_health(server: ServerThread, session_id: str) -> N
     assert _status_line(result.stdout)["status"] == "MISS"
 
     env_target = subprocess.run(
-        [sys.executable, "-m", "client", "health"],
+        [sys.executable, "-m", "sesscache_client", "health"],
         cwd=ROOT,
         env={**os.environ, "PYTHONPATH": str(ROOT), "SESSCACHE_TARGET": server.target},
         capture_output=True,

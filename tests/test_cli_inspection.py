@@ -1,7 +1,7 @@
-"""The inspection commands of ``python -m client`` against a real server.
+"""The inspection commands of ``python -m sesscache_client`` against a real server.
 
 ``stats``, ``sessions``, ``invalidate``, ``watch`` and the filters of ``keys``,
-run in-process through :func:`client.cli.main` (output read with capsys)
+run in-process through :func:`sesscache_client.cli.main` (output read with capsys)
 against a real in-process server on SQLite: what each prints, and that bad
 command lines are usage errors (exit 2) and refused calls one-line errors
 with the exit status of their kind (``EXIT_CODES``); ``--json`` output of
@@ -24,9 +24,10 @@ from typing import Any
 
 import pytest
 
-import client.cli
-from client import Client, cache_digest, enum_name, with_default_port
-from client.cli import (
+import sesscache_client.cli
+from sesscache.fixtures import person_name
+from sesscache_client import Client, cache_digest, enum_name, with_default_port
+from sesscache_client.cli import (
     EXIT_CODES,
     EXIT_DENIED,
     EXIT_ERROR,
@@ -38,8 +39,7 @@ from client.cli import (
     EXIT_USAGE,
     main,
 )
-from sesscache.fixtures import person_name
-from sesscache.v1 import sesscache_pb2
+from sesscache_client.v1 import sesscache_pb2
 from tests.conftest import settings_for
 from tests.support.cli import run_cli as cli
 from tests.support.servers import ROOT, ServerThread
@@ -528,12 +528,12 @@ def test_a_target_without_a_port_means_the_default_port(
     capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, server: ServerThread
 ) -> None:
     port = int(server.target.rsplit(":", 1)[1])
-    monkeypatch.setattr(client.cli, "DEFAULT_PORT", port)  # stands in for 50051
+    monkeypatch.setattr(sesscache_client.cli, "DEFAULT_PORT", port)  # stands in for 50051
     for target in ("127.0.0.1", "localhost"):
         assert main(["--target", target, "--timeout", "20", "health"]) == EXIT_OK, target
         assert capsys.readouterr().out == "SERVING\n"
     free = _free_port()
-    monkeypatch.setattr(client.cli, "DEFAULT_PORT", free)
+    monkeypatch.setattr(sesscache_client.cli, "DEFAULT_PORT", free)
     assert main(["--target", "[::1]", "--timeout", "5", "health"]) == EXIT_UNAVAILABLE
     assert f"cannot reach the server at [::1]:{free} " in capsys.readouterr().err
 
@@ -632,7 +632,7 @@ def test_top_without_rich_prints_plain_lines_on_a_terminal(
 ) -> None:
     terminal = _Terminal()
     monkeypatch.setattr(sys, "stdout", terminal)
-    monkeypatch.setattr(client.cli, "_rich_available", lambda: False)
+    monkeypatch.setattr(sesscache_client.cli, "_rich_available", lambda: False)
     argv = ["--target", server.target, "top", "--interval", "0.1", "--count", "1"]
     assert main(argv) == EXIT_OK
     lines = terminal.getvalue().splitlines()
@@ -641,7 +641,7 @@ def test_top_without_rich_prints_plain_lines_on_a_terminal(
 
 
 def test_the_client_imports_no_rich() -> None:
-    code = "import sys, client.cli; assert 'rich' not in sys.modules, 'rich imported'"
+    code = "import sys, sesscache_client.cli; assert 'rich' not in sys.modules, 'rich imported'"
     result = subprocess.run(
         [sys.executable, "-c", code],
         cwd=ROOT,
@@ -667,7 +667,7 @@ def test_top_of_a_non_admin_shows_its_principal(
 
 
 class _ClosedPipe(io.StringIO):
-    """A stdout whose reader has gone (``python -m client ... | head -1``)."""
+    """A stdout whose reader has gone (``python -m sesscache_client ... | head -1``)."""
 
     def write(self, text: str) -> int:
         raise BrokenPipeError(32, "Broken pipe")

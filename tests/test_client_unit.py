@@ -29,8 +29,8 @@ from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_status import rpc_status
 
-import client
-from client import (
+import sesscache_client
+from sesscache_client import (
     Client,
     DeadlineExceeded,
     InvalidArgument,
@@ -42,8 +42,8 @@ from client import (
     Unauthenticated,
     Unavailable,
 )
-from client.cli import format_table, main
-from sesscache.v1 import sesscache_pb2, sesscache_pb2_grpc
+from sesscache_client.cli import format_table, main
+from sesscache_client.v1 import sesscache_pb2, sesscache_pb2_grpc
 
 FAKE_PAGE_SIZE = 2
 
@@ -197,7 +197,7 @@ def _serve(credentials: grpc.ServerCredentials | None = None) -> Iterator[Served
     fake = FakeSessionCache()  # type: ignore[abstract]
     health_servicer = health.HealthServicer()
     health_servicer.set("", health_pb2.HealthCheckResponse.SERVING)
-    health_servicer.set(client.SERVICE_NAME, health_pb2.HealthCheckResponse.SERVING)
+    health_servicer.set(sesscache_client.SERVICE_NAME, health_pb2.HealthCheckResponse.SERVING)
     with futures.ThreadPoolExecutor(max_workers=4) as pool:
         server = grpc.server(pool)
         sesscache_pb2_grpc.add_SessionCacheServicer_to_server(fake, server)
@@ -369,7 +369,7 @@ def test_invalid_session_id_is_rejected_locally(api: Client, served: Served, bad
 def test_generated_and_edge_session_ids_are_valid(api: Client) -> None:
     ids = {api.session().id for _ in range(50)}
     assert len(ids) == 50
-    assert all(client.validate_session_id(i) == i for i in ids)
+    assert all(sesscache_client.validate_session_id(i) == i for i in ids)
     assert api.session("A" * 128).id == "A" * 128
     assert api.session("._~-").id == "._~-"
 
@@ -434,7 +434,7 @@ def test_unreachable_server_is_unavailable() -> None:
 
 
 def test_bare_rpc_error_is_a_server_error() -> None:
-    error = client.from_rpc_error(grpc.RpcError())
+    error = sesscache_client.from_rpc_error(grpc.RpcError())
     assert type(error) is ServerError
     assert error.code is grpc.StatusCode.UNKNOWN
 
@@ -471,8 +471,8 @@ def test_client_rejects_bad_arguments(kwargs: dict[str, object], message: str) -
 
 def test_health_statuses(api: Client, served: Served) -> None:
     assert api.health() == "SERVING"
-    served.health.set(client.SERVICE_NAME, health_pb2.HealthCheckResponse.NOT_SERVING)
-    assert api.health(client.SERVICE_NAME) == "NOT_SERVING"
+    served.health.set(sesscache_client.SERVICE_NAME, health_pb2.HealthCheckResponse.NOT_SERVING)
+    assert api.health(sesscache_client.SERVICE_NAME) == "NOT_SERVING"
     assert api.health("no.such.Service") == "SERVICE_UNKNOWN"
 
 
@@ -565,10 +565,8 @@ def test_cli_query_prints_a_table_and_the_cache_status(
     assert lines[3].split() == ["2", "Main", "Street", "10002", "Hamburg", "DE"]
     assert lines[5].split() == ["3", "person", "3"]
     key = "persons:ids=[]:offset=0:size=3"
-    assert (
-        lines[6]
-        == f"cache: MISS  sql statements: 1  digest: {client.cache_digest(key)}  key: {key}"
-    )
+    digest = sesscache_client.cache_digest(key)
+    assert lines[6] == f"cache: MISS  sql statements: 1  digest: {digest}  key: {key}"
     assert lines[7] == "next page token: 3"
     assert served.fake.calls[0].metadata["session-id"] == "cli"
 
@@ -653,7 +651,10 @@ def test_cli_health_exit_status(served: Served, capsys: pytest.CaptureFixture[st
     assert run(served, capsys, "health") == (0, "SERVING\n", "")
     served.health.set("", health_pb2.HealthCheckResponse.NOT_SERVING)
     assert run(served, capsys, "health") == (1, "NOT_SERVING\n", "")
-    assert run(served, capsys, "health", "--service", client.SERVICE_NAME)[:2] == (0, "SERVING\n")
+    assert run(served, capsys, "health", "--service", sesscache_client.SERVICE_NAME)[:2] == (
+        0,
+        "SERVING\n",
+    )
     assert run(served, capsys, "health", "--service", "nope")[:2] == (1, "SERVICE_UNKNOWN\n")
 
 
@@ -726,4 +727,4 @@ def test_format_table() -> None:
 def test_unavailable_tells_a_connection_failure_from_the_server(
     message: str, connection_failed: bool
 ) -> None:
-    assert client.Unavailable(message).connection_failed is connection_failed
+    assert sesscache_client.Unavailable(message).connection_failed is connection_failed

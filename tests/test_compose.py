@@ -48,7 +48,7 @@ from packaging.utils import canonicalize_name
 from psycopg import sql
 from sqlalchemy import make_url
 
-from server import config
+from sesscache_server import config
 from tests.support.postgres import PostgresServer
 from tests.support.servers import ROOT, ServerProcess
 
@@ -247,7 +247,7 @@ def test_server_service() -> None:
     assert healthcheck_command(server) == [
         "python",
         "-m",
-        "client",
+        "sesscache_client",
         "--target",
         HEALTH_TARGET,
         "--timeout",
@@ -276,7 +276,7 @@ def test_client_service_is_a_one_off_tool() -> None:
     assert service_command(client) == [
         "python",
         "-m",
-        "client.walkthrough",
+        "sesscache_client.walkthrough",
         "--target",
         SERVER_TARGET,
     ]
@@ -303,7 +303,7 @@ def test_server_settings_in_the_container() -> None:
     """The settings the container's server loads: PostgreSQL, all interfaces, a drain."""
     server = service("server")
     command = service_command(server)
-    assert command[:3] == ["python", "-m", "server"]
+    assert command[:3] == ["python", "-m", "sesscache_server"]
     settings = config.load(command[3:], environ=container_env(server))
     assert settings.listen == f"0.0.0.0:{CONTAINER_PORT}"
     url = make_url(settings.database_url)
@@ -341,7 +341,7 @@ def test_dockerfile_image() -> None:
     volume_at = keywords.index(("VOLUME", only(stage, "VOLUME")))
     chown_at = next(n for n, (k, a) in enumerate(keywords) if k == "RUN" and "chown" in a)
     assert chown_at < volume_at
-    assert exec_form(only(stage, "CMD"), "CMD") == ["python", "-m", "server"]
+    assert exec_form(only(stage, "CMD"), "CMD") == ["python", "-m", "sesscache_server"]
     health = only(stage, "HEALTHCHECK")
     options, _, command = health.partition(" CMD ")
     assert options.startswith("--")
@@ -363,12 +363,10 @@ def test_dockerfile_installs_exactly_the_runtime_list() -> None:
 
 
 def test_dockerfile_generates_stubs_like_the_makefile() -> None:
-    flags = "-m grpc_tools.protoc -Iprotos --python_out=. --grpc_python_out=. "
-    flags += "--mypy_out=quiet:. --mypy_grpc_out=quiet:."
-    assert flags in collapse(MAKEFILE.read_text(encoding="utf-8"))
-    assert flags + " protos/sesscache/v1/sesscache.proto" in collapse(
-        DOCKERFILE.read_text(encoding="utf-8")
-    )
+    for package, out in (("sesscache.v1", "."), ("sesscache_client.v1", "client")):
+        call = f"client/stubs.py protos {out} {package}"
+        assert call in collapse(MAKEFILE.read_text(encoding="utf-8"))
+        assert call in collapse(DOCKERFILE.read_text(encoding="utf-8"))
 
 
 def test_runtime_requirements_are_complete() -> None:

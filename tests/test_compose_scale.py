@@ -51,8 +51,6 @@ from typing import Any
 
 import pytest
 
-from client import Client
-from client.errors import SesscacheError, Unavailable
 from scale.nginx import (
     CONFIG,
     CONTAINER_PORT,
@@ -64,9 +62,11 @@ from scale.nginx import (
     upstream_parameters,
     upstream_servers,
 )
-from server import config
 from sesscache.fixtures import person_name
-from sesscache.v1 import sesscache_pb2 as pb
+from sesscache_client import Client
+from sesscache_client.errors import SesscacheError, Unavailable
+from sesscache_client.v1 import sesscache_pb2 as pb
+from sesscache_server import config
 from tests.support import nginx as nginx_support
 from tests.support.servers import ServerProcess
 from tests.test_compose import (
@@ -115,7 +115,7 @@ def test_replica_is_the_server_image_scaled() -> None:
 def test_replica_settings_share_database_region_and_page_tokens() -> None:
     replica = service("replica")
     command = service_command(replica)
-    assert command[:3] == ["python", "-m", "server"]
+    assert command[:3] == ["python", "-m", "sesscache_server"]
     settings = config.load(command[3:], environ=container_env(replica))
     standalone = config.load(
         service_command(service("server"))[3:], environ=container_env(service("server"))

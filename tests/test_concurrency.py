@@ -30,10 +30,10 @@ from concurrent.futures import ThreadPoolExecutor
 import grpc
 import pytest
 
-from client import Client, DeadlineExceeded, Session
 from sesscache.registry import SessionRegistry
-from sesscache.v1 import sesscache_pb2 as pb
-from sesscache.v1 import sesscache_pb2_grpc as pb_grpc
+from sesscache_client import Client, DeadlineExceeded, Session
+from sesscache_client.v1 import sesscache_pb2 as pb
+from sesscache_client.v1 import sesscache_pb2_grpc as pb_grpc
 from tests.support.polling import wait_until
 from tests.support.postgres import table_locked, waiting_on_lock
 from tests.support.servers import ServerThread

@@ -1,4 +1,4 @@
-"""Process faults: SIGTERM under load, SIGKILL and restart, on ``python -m server`` children.
+"""Process faults: SIGTERM under load, SIGKILL and restart, on ``sesscache_server`` children.
 
 Shows that:
 
@@ -36,9 +36,9 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from sqlalchemy import create_engine, func, select, text
 
-from client import Client, SesscacheError, SessionNotFound, Unavailable
 from sesscache.models import Base
-from sesscache.v1 import sesscache_pb2 as pb
+from sesscache_client import Client, SesscacheError, SessionNotFound, Unavailable
+from sesscache_client.v1 import sesscache_pb2 as pb
 from tests.support.polling import wait_until
 from tests.support.postgres import PostgresServer, table_locked, waiting_on_lock
 from tests.support.servers import ServerProcess

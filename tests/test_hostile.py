@@ -32,11 +32,11 @@ from google.protobuf import duration_pb2
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from client import Client
-from server.errors import quote
 from sesscache.registry import SessionRegistry
-from sesscache.v1 import sesscache_pb2 as pb
-from sesscache.v1 import sesscache_pb2_grpc as pb_grpc
+from sesscache_client import Client
+from sesscache_client.v1 import sesscache_pb2 as pb
+from sesscache_client.v1 import sesscache_pb2_grpc as pb_grpc
+from sesscache_server.errors import quote
 from tests.conftest import settings_for
 from tests.support.polling import wait_until
 from tests.support.servers import ServerThread
@@ -986,7 +986,7 @@ def test_calls_do_not_walk_the_sessions(
 
 def test_hex_alphabet_is_what_handles_use() -> None:
     # The unknown handle above must be well-formed, or the test proves nothing.
-    from server.requests import check_handle
+    from sesscache_server.requests import check_handle
 
     check_handle("0123456789abcdef")
     assert set("0123456789abcdef") <= set(string.hexdigits)

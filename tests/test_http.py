@@ -14,7 +14,7 @@ thread, in this process), reached over real TCP sockets and urllib:
   connection that keeps asking stays open past it;
 - a client that stops reading a response is aborted after ``http_idle_timeout``;
 - oversized request lines and headers get 400, a GET with a body 413;
-- a taken port: ``python -m server`` says "cannot serve HTTP on ... already in
+- a taken port: ``python -m sesscache_server`` says "cannot serve HTTP on ... already in
   use" and exits 1; a free one: it logs where it serves HTTP and /metrics.
 """
 
@@ -36,7 +36,7 @@ from pathlib import Path
 import pytest
 from aiohttp import web
 
-from server.http import REFUSED_RESPONSE, HttpServer
+from sesscache_server.http import REFUSED_RESPONSE, HttpServer
 from tests.support.servers import ServerProcess, ServerThread
 
 SILENT = 2000

@@ -26,7 +26,8 @@ import grpc
 import pytest
 from google.protobuf.timestamp_pb2 import Timestamp
 
-from client import (
+from sesscache.fixtures import person_name
+from sesscache_client import (
     ALL_REGIONS,
     LOCAL_REGION,
     SHARED_REGION,
@@ -37,10 +38,9 @@ from client import (
     Session,
     SessionNotFound,
 )
-from server.servicer import SessionCacheServicer
-from sesscache.fixtures import person_name
-from sesscache.v1 import sesscache_pb2 as pb
-from sesscache.v1 import sesscache_pb2_grpc as pb_grpc
+from sesscache_client.v1 import sesscache_pb2 as pb
+from sesscache_client.v1 import sesscache_pb2_grpc as pb_grpc
+from sesscache_server.servicer import SessionCacheServicer
 from tests.support.servers import ServerThread
 
 MakeServer = Callable[..., ServerThread]

@@ -31,10 +31,10 @@ from typing import Any, ClassVar
 import pytest
 from dogpile.cache import register_backend
 
-from client import Client, ResourceExhausted, Session, SessionNotFound
 from sesscache.backend import SessionStore, SharedMemoryBackend, digest_of
 from sesscache.registry import SessionRegistry
-from sesscache.v1 import sesscache_pb2 as pb
+from sesscache_client import Client, ResourceExhausted, Session, SessionNotFound
+from sesscache_client.v1 import sesscache_pb2 as pb
 from tests.support.polling import wait_until
 from tests.support.postgres import table_locked, waiting_on_lock
 from tests.support.servers import ServerThread

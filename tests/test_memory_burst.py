@@ -1,10 +1,10 @@
-"""Memory after a burst of sessions comes back (see :mod:`server.memory`).
+"""Memory after a burst of sessions comes back (see :mod:`sesscache_server.memory`).
 
-A real ``python -m server`` child serves 3,000 sessions, each caching one
+A real ``python -m sesscache_server`` child serves 3,000 sessions, each caching one
 query, which are then ended: its resident memory must come back to within
 10% (or 16 MiB, whichever is larger) of what it was before the burst. Before
 the fix it stayed ~100 MiB up: garbage cycles waiting for a full collection,
-and allocators keeping what was freed (see :mod:`server.memory`).
+and allocators keeping what was freed (see :mod:`sesscache_server.memory`).
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from client import Client
+from sesscache_client import Client
 from tests.support.servers import ServerProcess
 
 SESSIONS = 3000

@@ -15,7 +15,7 @@ from collections.abc import Callable
 from prometheus_client import CONTENT_TYPE_LATEST
 from prometheus_client.parser import text_string_to_metric_families
 
-from client import Client
+from sesscache_client import Client
 from tests.support.servers import ServerThread
 
 

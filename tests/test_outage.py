@@ -14,8 +14,8 @@ from collections.abc import Callable
 
 import pytest
 
-from client import Client, Unavailable
-from sesscache.v1 import sesscache_pb2 as pb
+from sesscache_client import Client, Unavailable
+from sesscache_client.v1 import sesscache_pb2 as pb
 from tests.support.polling import wait_until
 from tests.support.postgres import PostgresServer
 from tests.support.servers import ServerProcess, ServerThread

@@ -9,7 +9,7 @@ range, page sizes over the whole int32 range, page tokens (random text,
 random base64, and real tokens cut, altered or sent to another RPC), views
 of any int32, session ids valid, invalid, repeated or binary, and bypass
 flags; and request bytes of any kind, message or not. The server runs as a
-``python -m server`` child, so hypothesis and the server each get a core.
+``python -m sesscache_server`` child, so hypothesis and the server each get a core.
 The properties:
 
 - no call ever ends INTERNAL or UNKNOWN; each ends with a status its RPC
@@ -52,8 +52,8 @@ from hypothesis import strategies as st
 from sqlalchemy import create_engine, inspect, select
 
 from sesscache.models import Base
-from sesscache.v1 import sesscache_pb2 as pb
-from sesscache.v1 import sesscache_pb2_grpc as pb_grpc
+from sesscache_client.v1 import sesscache_pb2 as pb
+from sesscache_client.v1 import sesscache_pb2_grpc as pb_grpc
 from tests.support.servers import ServerProcess
 
 INT32 = (-(2**31), 2**31 - 1)

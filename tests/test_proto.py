@@ -17,8 +17,8 @@ from pathlib import Path
 import pytest
 from google.protobuf import descriptor
 
-from sesscache.v1 import sesscache_pb2 as pb
-from sesscache.v1 import sesscache_pb2_grpc as pb_grpc
+from sesscache_client.v1 import sesscache_pb2 as pb
+from sesscache_client.v1 import sesscache_pb2_grpc as pb_grpc
 from tests.support.servers import ROOT
 
 PROTO = Path("sesscache/v1/sesscache.proto")

@@ -16,10 +16,10 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
-from client import SHARED_REGION, Client
 from sesscache.fixtures import person_name
 from sesscache.regions import SHARED_KEY_PREFIX
-from sesscache.v1 import sesscache_pb2 as pb
+from sesscache_client import SHARED_REGION, Client
+from sesscache_client.v1 import sesscache_pb2 as pb
 from tests.support.redis import RedisServer
 from tests.support.servers import ServerThread
 

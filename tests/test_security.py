@@ -1,6 +1,6 @@
 """Security: loopback by default, optional bearer tokens, private sessions, quiet logs, TLS.
 
-Shows, through real servers (in a thread, or ``python -m server`` children
+Shows, through real servers (in a thread, or ``python -m sesscache_server`` children
 whose log is read) and the real client:
 
 - the server listens on 127.0.0.1 unless told otherwise;
@@ -42,12 +42,12 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
-from client import Client, SessionNotFound, Unauthenticated, Unavailable
-from client.walkthrough import run as walk_through
-from server import config
-from server.keys import ServerKeys
-from sesscache.v1 import sesscache_pb2 as pb
-from sesscache.v1 import sesscache_pb2_grpc as pb_grpc
+from sesscache_client import Client, SessionNotFound, Unauthenticated, Unavailable
+from sesscache_client.v1 import sesscache_pb2 as pb
+from sesscache_client.v1 import sesscache_pb2_grpc as pb_grpc
+from sesscache_client.walkthrough import run as walk_through
+from sesscache_server import config
+from sesscache_server.keys import ServerKeys
 from tests.conftest import settings_for
 from tests.support.servers import ServerProcess, ServerThread
 

@@ -1,7 +1,7 @@
 """The sesscache service end to end: real servers, the real client, both backends.
 
 Every test here talks gRPC over loopback to a real server (the module's
-shared :class:`~tests.support.servers.ServerThread`, or a ``python -m server``
+shared :class:`~tests.support.servers.ServerThread`, or a ``python -m sesscache_server``
 child process) and runs once on SQLite and once on PostgreSQL. Expected
 data comes from the database itself (plain SQL), never from the server.
 
@@ -37,11 +37,11 @@ from grpc_reflection.v1alpha.proto_reflection_descriptor_database import (
 )
 from sqlalchemy import create_engine, text
 
-from client import SERVICE_NAME, Client, SessionNotFound
 from sesscache.fixtures import person_name
 from sesscache.registry import SessionRegistry
-from sesscache.v1 import sesscache_pb2 as pb
-from sesscache.v1 import sesscache_pb2_grpc as pb_grpc
+from sesscache_client import SERVICE_NAME, Client, SessionNotFound
+from sesscache_client.v1 import sesscache_pb2 as pb
+from sesscache_client.v1 import sesscache_pb2_grpc as pb_grpc
 from tests.support.servers import ROOT, ServerProcess, ServerThread
 
 PROTO = ROOT / "protos" / "sesscache" / "v1" / "sesscache.proto"

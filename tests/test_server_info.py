@@ -2,7 +2,7 @@
 
 GetServerInfo gives the version, uptime, Python and library versions, the
 database (password masked), the effective settings (secrets masked; admins
-only) and the replica; ``python -m server --version`` prints the version;
+only) and the replica; ``python -m sesscache_server --version`` prints the version;
 reflection answers under ``grpc.reflection.v1`` as well as ``v1alpha``, and
 resolves the error-detail types statuses carry (``google.rpc.BadRequest``).
 """
@@ -20,10 +20,10 @@ import pytest
 from grpc_reflection.v1alpha import reflection_pb2
 
 import sesscache
-from server.config import mask_url
-from server.reflection import V1_SERVICE_NAME
-from sesscache.v1 import sesscache_pb2 as pb
-from sesscache.v1 import sesscache_pb2_grpc as pb_grpc
+from sesscache_client.v1 import sesscache_pb2 as pb
+from sesscache_client.v1 import sesscache_pb2_grpc as pb_grpc
+from sesscache_server.config import mask_url
+from sesscache_server.reflection import V1_SERVICE_NAME
 from tests.support.cli import run_cli
 from tests.support.servers import ROOT, ServerThread
 
@@ -80,7 +80,7 @@ def test_passwords_in_urls_are_masked() -> None:
 
 def test_version_flag_prints_the_version() -> None:
     run = subprocess.run(
-        [sys.executable, "-m", "server", "--version"],
+        [sys.executable, "-m", "sesscache_server", "--version"],
         cwd=ROOT,
         capture_output=True,
         text=True,

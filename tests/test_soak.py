@@ -1,7 +1,7 @@
 """Short soaks (``python -m soak``, plain and ``--hostile``) run clean and give memory back.
 
 Each runs the real soak command as ``make soak`` does, shorter. The plain
-one: a ``python -m server`` child with small limits, 16 client threads
+one: a ``python -m sesscache_server`` child with small limits, 16 client threads
 working through sessions that they end or leave to the reaper, every answer
 checked. The soak exits 0 only with no error at all and the server's
 resident memory, once every session is gone, back within 10 % of its figure
@@ -94,7 +94,7 @@ def check(name: str, output: str) -> bool:
 def test_padded_requests_are_valid_requests_with_a_big_unknown_field() -> None:
     from google.protobuf.unknown_fields import UnknownFieldSet
 
-    from sesscache.v1 import sesscache_pb2 as pb
+    from sesscache_client.v1 import sesscache_pb2 as pb
     from soak.traffic import PADDING_FIELD, padded
 
     request = pb.QueryPersonsRequest(name="person 01", ids=[1, 2])

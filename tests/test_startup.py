@@ -1,4 +1,4 @@
-"""Start-up and database failures a server must report plainly, as ``python -m server`` children.
+"""Start-up and database failures a server must report plainly, as server children.
 
 - A second server on a port already in use exits non-zero at once, naming
   the address, and the first keeps serving (gRPC's SO_REUSEPORT is off: two
@@ -17,9 +17,9 @@ from pathlib import Path
 import grpc
 import pytest
 
-from client import Client
-from sesscache.v1 import sesscache_pb2 as pb
-from sesscache.v1 import sesscache_pb2_grpc as pb_grpc
+from sesscache_client import Client
+from sesscache_client.v1 import sesscache_pb2 as pb
+from sesscache_client.v1 import sesscache_pb2_grpc as pb_grpc
 from tests.support.servers import ServerProcess
 
 GARBAGE = bytes(range(256)) * 64  # 16 KiB that no SQLite header starts with

@@ -21,9 +21,9 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
-from client import Client, EventStream, ResourceExhausted
-from server.servicer import SessionCacheServicer
-from sesscache.v1 import sesscache_pb2 as pb
+from sesscache_client import Client, EventStream, ResourceExhausted
+from sesscache_client.v1 import sesscache_pb2 as pb
+from sesscache_server.servicer import SessionCacheServicer
 from tests.support.polling import wait_until
 from tests.support.servers import ServerThread
 
@@ -76,7 +76,7 @@ def watching(streams: list[EventStream]) -> Iterator[list[EventStream]]:
 
 
 def test_watcher_limits_equal_the_settings_defaults() -> None:
-    from server.config import Settings
+    from sesscache_server.config import Settings
 
     assert PER_PRINCIPAL == Settings().max_watchers_per_principal == 8
     assert TOTAL == Settings().max_watchers == 64

@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import pytest
 
-from client.cli import main
+from sesscache_client.cli import main
 from tests.support.servers import ServerThread
 
 
 def run_cli(
     capsys: pytest.CaptureFixture[str], server: ServerThread, *args: str
 ) -> tuple[int, str, str]:
-    """``python -m client ARGS`` in-process against ``server``: (status, stdout, stderr)."""
+    """``sesscache ARGS`` in-process against ``server``: (status, stdout, stderr)."""
     capsys.readouterr()
     status = main(["--target", server.target, "--timeout", "20", *args])
     out, err = capsys.readouterr()

@@ -3,7 +3,7 @@
 :class:`ServerThread` runs the real aio server on its own event loop in a
 background thread, listening on 127.0.0.1 port 0, so tests reach it through
 real gRPC and can look at its registry. :class:`ServerProcess` runs
-``python -m server`` as a child process (for signals, the command line and
+``python -m sesscache_server`` as a child process (for signals, the command line and
 the compose file's command), and finds its port in the log line it prints.
 """
 
@@ -23,8 +23,8 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, Self, TypeVar
 
-from server import app, config
-from server.child import SERVING_LINE
+from sesscache_server import app, config
+from sesscache_server.child import SERVING_LINE
 
 T = TypeVar("T")
 ROOT = Path(__file__).resolve().parents[2]
@@ -82,7 +82,7 @@ class ServerThread:
 
 
 class ServerProcess:
-    """``python -m server`` as a child process; its log is kept in :attr:`lines`."""
+    """``python -m sesscache_server`` as a child process; its log is kept in :attr:`lines`."""
 
     def __init__(
         self,
@@ -91,7 +91,7 @@ class ServerProcess:
         env: Mapping[str, str] | None = None,
         command: Sequence[str] | None = None,
     ) -> None:
-        self.command = list(command or [sys.executable, "-m", "server", *args])
+        self.command = list(command or [sys.executable, "-m", "sesscache_server", *args])
         self.env = {**os.environ, "PYTHONPATH": str(ROOT), **(env or {})}
         self.lines: list[str] = []
         self.port: int | None = None

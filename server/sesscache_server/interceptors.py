@@ -2,7 +2,7 @@
 
 :class:`AccessLogInterceptor` writes one info line per call: method, session,
 status, cache status and duration. :class:`ErrorInterceptor` is where
-exceptions become statuses (see :mod:`server.errors`). Both wrap unary and
+exceptions become statuses (see :mod:`sesscache_server.errors`). Both wrap unary and
 server-streaming handlers; bidirectional ones (server reflection) pass
 through untouched.
 """
@@ -21,7 +21,7 @@ import grpc
 from grpc.aio import AbortError
 from sqlalchemy.engine import URL
 
-from server.errors import InvalidArgument, to_status
+from sesscache_server.errors import InvalidArgument, to_status
 
 log = logging.getLogger("sesscache.access")
 

@@ -1,4 +1,4 @@
-"""The sesscache command line tool: ``python -m client [options] COMMAND``.
+"""The sesscache command line tool: ``python -m sesscache_client [options] COMMAND``.
 
 Commands::
 
@@ -54,7 +54,7 @@ from typing import Any, NoReturn, TextIO
 
 from google.protobuf import duration_pb2, json_format, message, timestamp_pb2
 
-from client._client import (
+from sesscache_client._client import (
     DEFAULT_PORT,
     DEFAULT_TARGET,
     DEFAULT_TIMEOUT,
@@ -67,7 +67,7 @@ from client._client import (
     enum_name,
     with_default_port,
 )
-from client.errors import (
+from sesscache_client.errors import (
     DeadlineExceeded,
     InvalidArgument,
     PermissionDenied,
@@ -77,7 +77,7 @@ from client.errors import (
     Unauthenticated,
     Unavailable,
 )
-from sesscache.v1 import sesscache_pb2
+from sesscache_client.v1 import sesscache_pb2
 
 __all__ = [
     "EXIT_CODES",
@@ -1098,7 +1098,7 @@ def _add_info_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentPar
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the tool, one subparser per command."""
     parser: argparse.ArgumentParser = _Parser(
-        prog="python -m client",
+        prog="python -m sesscache_client",
         description="Query a sesscache server and inspect its session caches.",
         epilog=_exit_codes_epilog(),
         formatter_class=argparse.RawDescriptionHelpFormatter,

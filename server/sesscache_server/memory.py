@@ -9,7 +9,7 @@ What a burst of thousands of sessions leaves, once they end, is measured
   object in it lives, and glibc keeps freed pages in its arenas, one per
   thread that ever allocated. Live Python objects after the burst: +0.8 MiB.
 
-So the server runs with ``PYTHONMALLOC=malloc`` (:mod:`server.__main__`
+So the server runs with ``PYTHONMALLOC=malloc`` (:mod:`sesscache_server.__main__`
 re-executes itself with it unless PYTHONMALLOC is set), at most two glibc
 arenas (:func:`limit_arenas`, before any thread starts), and, once a burst is
 over, :func:`release`: a full garbage collection, then ``malloc_trim(0)``.

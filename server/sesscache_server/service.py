@@ -27,8 +27,6 @@ from dataclasses import dataclass
 
 from sqlalchemy.orm import Session
 
-from server.paging import PageTokens
-from server.requests import PersonsRequest, persons_next_token
 from sesscache import tracking
 from sesscache.backend import store_for, value_size
 from sesscache.caching import CachedResult, QueryCache
@@ -38,6 +36,8 @@ from sesscache.queries import PersonQuery
 from sesscache.regions import LOCAL_REGION
 from sesscache.registry import SessionRegistry, SessionState
 from sesscache.v1 import sesscache_pb2 as pb
+from sesscache_server.paging import PageTokens
+from sesscache_server.requests import PersonsRequest, persons_next_token
 
 log = logging.getLogger(__name__)
 

@@ -12,11 +12,11 @@ import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from server.errors import InvalidArgument, quote
-from server.paging import PageTokens
 from sesscache.backend import value_size
 from sesscache.queries import PersonQuery
 from sesscache.v1 import sesscache_pb2 as pb
+from sesscache_server.errors import InvalidArgument, quote
+from sesscache_server.paging import PageTokens
 
 SESSION_ID_KEY = "session-id"
 _SESSION_ID = re.compile(r"[A-Za-z0-9._~-]{1,128}")

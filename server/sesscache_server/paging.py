@@ -19,8 +19,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from server.errors import InvalidArgument
 from sesscache.backend import Entry
+from sesscache_server.errors import InvalidArgument
 
 T = TypeVar("T")
 

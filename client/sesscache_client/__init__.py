@@ -3,11 +3,12 @@
 ``Client`` connects to a server; ``Client.session()`` gives a ``Session`` whose calls
 share one server-side ORM session and cache. Sessions and the client also inspect
 the cache: statistics, invalidation, sessions, and live events (``EventStream``).
-Failed calls raise the exceptions of ``client.errors`` (all subclasses of
-``SesscacheError``). ``python -m client`` is the command line tool (see ``client.cli``).
+Failed calls raise the exceptions of ``sesscache_client.errors`` (all subclasses of
+``SesscacheError``). ``sesscache`` (or ``python -m sesscache_client``) is the command line
+tool (see ``sesscache_client.cli``).
 """
 
-from client._client import (
+from sesscache_client._client import (
     ALL_REGIONS,
     DEFAULT_PORT,
     DEFAULT_TARGET,
@@ -28,7 +29,7 @@ from client._client import (
     validate_session_id,
     with_default_port,
 )
-from client.errors import (
+from sesscache_client.errors import (
     DeadlineExceeded,
     InvalidArgument,
     PermissionDenied,
@@ -40,6 +41,8 @@ from client.errors import (
     Unavailable,
     from_rpc_error,
 )
+
+__version__ = "0.1.0"
 
 __all__ = [
     "ALL_REGIONS",

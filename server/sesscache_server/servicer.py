@@ -12,7 +12,7 @@ A call cancelled by its client, or past its deadline, while its work runs in
 a thread keeps the session locked until that work has finished: the next
 call of the session never meets a Session still in use.
 
-Errors are raised as exceptions; :class:`server.interceptors.ErrorInterceptor`
+Errors are raised as exceptions; :class:`sesscache_server.interceptors.ErrorInterceptor`
 turns them into statuses.
 """
 
@@ -29,10 +29,22 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from dogpile.cache.region import CacheRegion
 from sqlalchemy.orm import object_session
 
-from server import requests
-from server.auth import current_principal
-from server.errors import InvalidArgument, NotFound, PermissionDenied, ResourceExhausted, quote
-from server.inspection import (
+from sesscache.backend import Entry, SessionStore, SharedMemoryBackend
+from sesscache.memo import Memo
+from sesscache.regions import LOCAL_REGION, SHARED_REGION, clear_shared, shared_entries
+from sesscache.registry import ScopeKey, SessionRegistry, SessionState
+from sesscache.v1 import sesscache_pb2 as pb
+from sesscache.v1 import sesscache_pb2_grpc as pb_grpc
+from sesscache_server import requests
+from sesscache_server.auth import current_principal
+from sesscache_server.errors import (
+    InvalidArgument,
+    NotFound,
+    PermissionDenied,
+    ResourceExhausted,
+    quote,
+)
+from sesscache_server.inspection import (
     EVENT_TYPES_BY_VALUE,
     Inspector,
     entry_message,
@@ -42,18 +54,12 @@ from server.inspection import (
     session_message,
     stats_message,
 )
-from server.interceptors import current_call
-from server.paging import PageTokens, keyset_page
-from server.service import PersonService
-from sesscache.backend import Entry, SessionStore, SharedMemoryBackend
-from sesscache.memo import Memo
-from sesscache.regions import LOCAL_REGION, SHARED_REGION, clear_shared, shared_entries
-from sesscache.registry import ScopeKey, SessionRegistry, SessionState
-from sesscache.v1 import sesscache_pb2 as pb
-from sesscache.v1 import sesscache_pb2_grpc as pb_grpc
+from sesscache_server.interceptors import current_call
+from sesscache_server.paging import PageTokens, keyset_page
+from sesscache_server.service import PersonService
 
 if TYPE_CHECKING:
-    from server.interceptors import Context
+    from sesscache_server.interceptors import Context
 
 A = TypeVar("A")
 R = TypeVar("R")
@@ -99,7 +105,7 @@ class SessionCacheServicer(pb_grpc.SessionCacheServicer):
         self.inspector = inspector
         self.watch_buffer = watch_buffer
         self.max_response_bytes = max_response_bytes
-        #: What GetServerInfo says, but the uptime (see server.app.server_info).
+        #: What GetServerInfo says, but the uptime (see sesscache_server.app.server_info).
         self.info = info or pb.ServerInfo()
         self.max_watchers = max_watchers
         self.max_watchers_per_principal = max_watchers_per_principal

@@ -3,7 +3,7 @@
 A thin layer over the generated ``sesscache.v1`` stubs: it builds requests from
 keyword arguments, sends the ``session-id`` and ``authorization`` metadata, applies
 a default timeout, and turns every :class:`grpc.RpcError` into a
-:mod:`client.errors` exception. Responses are the generated proto messages.
+:mod:`sesscache_client.errors` exception. Responses are the generated proto messages.
 
 Example::
 
@@ -45,14 +45,14 @@ import grpc
 from google.protobuf import duration_pb2, message
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from client.errors import (
+from sesscache_client.errors import (
     InvalidArgument,
     SesscacheError,
     SessionNotFound,
     Unavailable,
     from_rpc_error,
 )
-from sesscache.v1 import sesscache_pb2, sesscache_pb2_grpc
+from sesscache_client.v1 import sesscache_pb2, sesscache_pb2_grpc
 
 __all__ = [
     "ALL_REGIONS",
@@ -798,7 +798,7 @@ class EventStream:
     has subscribed. Iterating blocks until the next event. The stream ends
     (``StopIteration``) after :meth:`cancel` (callable from any thread, e.g. a
     timer), once its ``duration`` has passed, or when the server shuts down; any
-    other failure raises a :mod:`client.errors` exception. As a context manager it
+    other failure raises a :mod:`sesscache_client.errors` exception. As a context manager it
     is cancelled on exit.
 
     A reader that falls behind loses events (the server never waits for it); the

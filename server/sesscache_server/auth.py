@@ -27,11 +27,11 @@ from typing import TYPE_CHECKING, Any
 
 import grpc
 
-from server.errors import Unauthenticated
-from server.interceptors import abort, wrap_handler
+from sesscache_server.errors import Unauthenticated
+from sesscache_server.interceptors import abort, wrap_handler
 
 if TYPE_CHECKING:
-    from server.interceptors import (
+    from sesscache_server.interceptors import (
         Context,
         Continuation,
         Handler,

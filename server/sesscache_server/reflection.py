@@ -8,7 +8,7 @@ servicer under both names, parsing and writing v1 messages with the v1alpha
 classes.
 
 The error-detail types a status carries (``google.rpc.BadRequest``) are in
-the descriptor pool reflection answers from (:mod:`server.errors` imports
+the descriptor pool reflection answers from (:mod:`sesscache_server.errors` imports
 them), so tools decode a ``BadRequest`` instead of printing base64.
 """
 

@@ -1,7 +1,7 @@
 """Server settings: every option is a command-line flag and an environment variable.
 
 Each :class:`Settings` field ``some_option`` is read from ``--some-option``,
-else from ``SESSCACHE_SOME_OPTION``, else its default. ``python -m server
+else from ``SESSCACHE_SOME_OPTION``, else its default. ``python -m sesscache_server
 --help`` lists them all with their variables and defaults; the README
 documents them. :func:`environment_variables` names every variable the
 server reads (the docker-compose tests check the compose file against it).
@@ -29,7 +29,7 @@ def _opt(help: str, **kwargs: Any) -> Any:
 
 @dataclass(frozen=True, slots=True)
 class Settings:
-    """Everything the server can be told. See ``python -m server --help``."""
+    """Everything the server can be told. See ``python -m sesscache_server --help``."""
 
     listen: str = _opt("address to listen on, HOST:PORT", default="127.0.0.1:50051")
     database_url: str = _opt(
@@ -276,7 +276,7 @@ def _converter(kind: Any) -> Any:
 def parser() -> argparse.ArgumentParser:
     """The command-line parser; each flag's default comes from its variable."""
     result = argparse.ArgumentParser(
-        prog="python -m server",
+        prog="python -m sesscache_server",
         description="sesscache gRPC server: ORM queries through a session-local cache.",
     )
     result.add_argument("--version", action="version", version=f"sesscache {__version__}")

@@ -26,7 +26,7 @@ class ServerKeys:
         if isinstance(secret, str):
             secret = secret.encode()
         self._secret = secret or secrets.token_bytes(32)
-        #: Signs page tokens (:class:`server.paging.PageTokens`).
+        #: Signs page tokens (:class:`sesscache_server.paging.PageTokens`).
         self.page_tokens = self._derive(b"page-tokens")
         self._sessions = self._derive(b"session-hash")
 

@@ -34,16 +34,6 @@ from sqlalchemy import Engine, make_url
 from sqlalchemy.exc import ArgumentError, DatabaseError, NoSuchModuleError
 from sqlalchemy.orm import sessionmaker
 
-from server import auth, config, memory, reflection
-from server.health import DrainingHealthServicer
-from server.http import HttpServer, make_app
-from server.inspection import Inspector
-from server.interceptors import AccessLogInterceptor, ErrorInterceptor
-from server.keys import ServerKeys
-from server.metrics import Metrics
-from server.paging import PageTokens
-from server.service import PersonService
-from server.servicer import SessionCacheServicer
 from sesscache import __version__, db
 from sesscache.backend import SharedMemoryBackend
 from sesscache.caching import QueryCache
@@ -51,6 +41,16 @@ from sesscache.regions import SHARED_REGION, RegionSettings, make_regions
 from sesscache.registry import SessionRegistry
 from sesscache.v1 import sesscache_pb2 as pb
 from sesscache.v1 import sesscache_pb2_grpc as pb_grpc
+from sesscache_server import auth, config, memory, reflection
+from sesscache_server.health import DrainingHealthServicer
+from sesscache_server.http import HttpServer, make_app
+from sesscache_server.inspection import Inspector
+from sesscache_server.interceptors import AccessLogInterceptor, ErrorInterceptor
+from sesscache_server.keys import ServerKeys
+from sesscache_server.metrics import Metrics
+from sesscache_server.paging import PageTokens
+from sesscache_server.service import PersonService
+from sesscache_server.servicer import SessionCacheServicer
 
 log = logging.getLogger("sesscache.server")
 
@@ -415,7 +415,7 @@ def _safe_url(engine: Engine) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m server``: parse settings, prepare the database, serve."""
+    """``python -m sesscache_server``: parse settings, prepare the database, serve."""
     settings = config.load(argv)
     memory.limit_arenas()  # before any thread starts
     logging.basicConfig(

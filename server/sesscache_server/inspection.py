@@ -21,12 +21,12 @@ from collections.abc import Mapping
 
 from google.protobuf.timestamp_pb2 import Timestamp
 
-from server.interceptors import Label
 from sesscache.backend import Entry, SessionStore, digest_of
 from sesscache.events import Event, EventBus, EventType
 from sesscache.registry import ScopeKey, SessionRegistry, SessionState
 from sesscache.stats import Counters, Snapshot
 from sesscache.v1 import sesscache_pb2 as pb
+from sesscache_server.interceptors import Label
 
 EVENT_TYPES = {
     EventType.HIT: pb.CACHE_EVENT_TYPE_HIT,

@@ -38,8 +38,8 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-from server.health import DrainingHealthServicer
-from server.metrics import Metrics
+from sesscache_server.health import DrainingHealthServicer
+from sesscache_server.metrics import Metrics
 
 log = logging.getLogger("sesscache.http")
 

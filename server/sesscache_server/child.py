@@ -1,7 +1,7 @@
 """Running the server as a child process: what tools and tests share.
 
 The server announces itself with one log line, ``sesscache serving on
-HOST:PORT`` (see :func:`server.app.serve`); with ``--listen HOST:0`` that
+HOST:PORT`` (see :func:`sesscache_server.app.serve`); with ``--listen HOST:0`` that
 line is how a parent learns the port it got. :data:`SERVING_LINE` matches
 it; :func:`die_with_parent` makes a child get SIGTERM when its parent dies,
 so a benchmark or soak that is killed leaves no server behind.

@@ -1,7 +1,7 @@
-"""Prometheus metrics, served at ``/metrics`` by :mod:`server.http` (``--http-listen``).
+"""Prometheus metrics, served at ``/metrics`` by :mod:`sesscache_server.http` (``--http-listen``).
 
 The cache counters, session and entry gauges are read from the
-:class:`~server.inspection.Inspector` and the registry when Prometheus
+:class:`~sesscache_server.inspection.Inspector` and the registry when Prometheus
 scrapes (a custom collector), so they cost the cache nothing per call. The
 only per-call work is one histogram observation of the RPC's latency, by
 method, status and cache status, done by the access-log interceptor.
@@ -19,8 +19,8 @@ from prometheus_client import CollectorRegistry, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-from server.inspection import Inspector, limits_hit, server_totals
 from sesscache.registry import SessionRegistry
+from sesscache_server.inspection import Inspector, limits_hit, server_totals
 
 _COUNTERS = {
     "hits": "Session cache hits",

@@ -1,4 +1,4 @@
-"""``python -m client.walkthrough``: the README walk-through, checked, against a server.
+"""``python -m sesscache_client.walkthrough``: the README walk-through, checked, against a server.
 
 One session, five steps, each printed as it happens::
 
@@ -23,10 +23,10 @@ import sys
 import time
 from collections.abc import Sequence
 
-from client._client import DEFAULT_TARGET, Client, Session, new_session_id
-from client.cli import TARGET_ENV
-from client.errors import SesscacheError, Unavailable
-from sesscache.v1 import sesscache_pb2
+from sesscache_client._client import DEFAULT_TARGET, Client, Session, new_session_id
+from sesscache_client.cli import TARGET_ENV
+from sesscache_client.errors import SesscacheError, Unavailable
+from sesscache_client.v1 import sesscache_pb2
 
 __all__ = ["WalkthroughFailed", "main", "one_line", "run", "wait_serving"]
 
@@ -135,7 +135,7 @@ def run(client: Client, session_id: str, name: str) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="python -m client.walkthrough",
+        prog="python -m sesscache_client.walkthrough",
         description="Run the README walk-through against a sesscache server and check it: "
         "query (MISS), query (HIT), keys, end, query (MISS).",
     )

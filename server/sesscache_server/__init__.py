@@ -1,0 +1,11 @@
+"""The sesscache gRPC server: ``python -m sesscache_server`` (or ``make run``).
+
+- :mod:`sesscache_server.app`: building the server and ``serve()``, with graceful
+  shutdown; :mod:`sesscache_server.config`: its settings.
+- :mod:`sesscache_server.servicer`: the ``sesscache.v1.SessionCache`` RPCs.
+- :mod:`sesscache_server.service`: the database work of a call, run in worker threads.
+- :mod:`sesscache_server.requests`: validation of requests and metadata.
+- :mod:`sesscache_server.interceptors`: per-call logging and error mapping.
+- :mod:`sesscache_server.errors`: exceptions to gRPC status, in one place.
+- :mod:`sesscache_server.paging`: signed page tokens.
+"""
