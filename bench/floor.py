@@ -4,10 +4,10 @@ The physical floor of Python gRPC on this machine: no interceptors, no
 logging, the default asyncio loop, and one method, :data:`METHOD`, that takes
 and returns raw bytes through a generic handler (no protobuf, no servicer, no
 work). What a sesscache call costs beyond this is what sesscache costs,
-its own interceptors and access log included.
+its call wrapper and access log included.
 
-``--same-stack`` serves the same empty method behind sesscache's own
-interceptors and access log instead (the floor earlier runs measured
+``--same-stack`` serves the same empty method through sesscache's own call
+wrapper and access log instead (:mod:`sesscache_server.calls`) (the floor earlier runs measured
 against; kept to show what that stack costs, never as the reference).
 
 ``python -m bench.floor --listen 127.0.0.1:0`` logs
@@ -27,10 +27,10 @@ from typing import TYPE_CHECKING, Any
 
 import grpc
 
-from sesscache_server.interceptors import AccessLogInterceptor, ErrorInterceptor
+from sesscache_server.calls import AccessLog, CallWrapper
 
 if TYPE_CHECKING:
-    from sesscache_server.interceptors import Context
+    from sesscache_server.calls import Context
 
 SERVICE = "sesscache.bench.v1.Floor"
 #: The full method name of the empty RPC.
@@ -44,17 +44,23 @@ async def empty(request: bytes, context: Context) -> bytes:
     return b""
 
 
-def handler() -> grpc.GenericRpcHandler[bytes, bytes]:
-    """The generic handler serving :data:`METHOD` (raw bytes, no (de)serializers)."""
-    method: Any = grpc.unary_unary_rpc_method_handler(empty)
+def handler(access: AccessLog | None = None) -> grpc.GenericRpcHandler[bytes, bytes]:
+    """The generic handler serving :data:`METHOD` (raw bytes, no (de)serializers);
+    with ``access``, through sesscache's call wrapper."""
+    behavior: Any = empty
+    if access is not None:
+        behavior = CallWrapper(access=access).unary("Empty", empty, bytes)
+    method: Any = grpc.unary_unary_rpc_method_handler(behavior)
     return grpc.method_handlers_generic_handler(SERVICE, {"Empty": method})
 
 
 async def serve(listen: str, *, same_stack: bool = False) -> int:
     """Serve the floor on ``listen`` until SIGTERM or SIGINT."""
-    interceptors = [AccessLogInterceptor(), ErrorInterceptor()] if same_stack else []
-    server = grpc.aio.server(interceptors=interceptors)
-    server.add_generic_rpc_handlers((handler(),))
+    access = AccessLog() if same_stack else None
+    server = grpc.aio.server()
+    server.add_generic_rpc_handlers((handler(access),))
+    if access is not None:
+        flushing = asyncio.create_task(access.run())
     try:
         port = server.add_insecure_port(listen)
     except RuntimeError as error:
@@ -68,6 +74,9 @@ async def serve(listen: str, *, same_stack: bool = False) -> int:
         loop.add_signal_handler(signum, stopping.set)
     await stopping.wait()
     await server.stop(1.0)
+    if access is not None:
+        flushing.cancel()
+        access.flush()
     return 0
 
 
@@ -78,7 +87,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--same-stack",
         action="store_true",
-        help="serve behind sesscache's interceptors and info-level access log (not bare)",
+        help="serve through sesscache's call wrapper and info-level access log (not bare)",
     )
     args = parser.parse_args(argv)
     # The serving line is the only log line, bare or not; the access log only

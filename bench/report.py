@@ -177,9 +177,15 @@ def _iso(stamp: float) -> str:
 
 # -- targets -------------------------------------------------------------------
 
-#: Per-measurement targets: (scenario, in flight) -> (goal on the floor ratio, text).
+#: Per-measurement targets: (scenario, in flight) -> goal on the throughput / floor ratio.
 ROW_TARGETS: dict[tuple[str, int], float] = {
-    ("query_1row_hit", 64): 0.85,
+    ("query_1row_hit", 64): 0.9,
+    ("query_1row_hit", 1): 0.9,
+}
+
+#: (scenario, in flight) -> goal on server CPU per call, floor / sesscache.
+CPU_TARGETS: dict[tuple[str, int], float] = {
+    ("query_1row_hit", 64): 0.87,
     ("query_1row_hit", 1): 0.9,
 }
 
@@ -216,6 +222,19 @@ def evaluate(results: Results) -> list[Target]:
                 ),
                 low=row.ratio_min if row and len(row.rounds) > 1 else None,
                 high=row.ratio_max if row and len(row.rounds) > 1 else None,
+            )
+        )
+    for (scenario, inflight), goal in CPU_TARGETS.items():
+        row = results.find(scenario, inflight)
+        targets.append(
+            Target(
+                f"{scenario}@{inflight}_cpu",
+                f"cached 1-row QueryPersons, {inflight} in flight: server CPU per call, "
+                "floor / HIT",
+                goal,
+                ">=",
+                row.cpu_ratio if row else None,
+                detail=f"{row.server_cpu_us:.0f} µs per call" if row else "",
             )
         )
     library = results.library
@@ -261,7 +280,7 @@ def evaluate(results: Results) -> list[Target]:
         Target(
             "memory_per_session_kib",
             "server memory per live session holding one 1-row entry, KiB",
-            50.0,
+            36.0,
             "<=",
             memory.bytes_per_session / 1024 if memory else None,
             detail=f"RSS delta over {memory.sessions_added} sessions" if memory else "",

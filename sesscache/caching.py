@@ -32,11 +32,12 @@ from __future__ import annotations
 
 import logging
 import sys
+import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, cast
 
-from dogpile.cache.api import NO_VALUE
+from dogpile.cache.api import NO_VALUE, CachedValue
 from dogpile.cache.region import CacheRegion
 from sqlalchemy import event
 from sqlalchemy.engine import FrozenResult, Result, Row
@@ -47,7 +48,8 @@ from sqlalchemy.sql.compiler import SQLCompiler
 from sqlalchemy.util import LRUCache
 
 from sesscache import tracking
-from sesscache.backend import Description
+from sesscache.backend import SessionLocalBackend
+from sesscache.store import Description, Hit
 
 log = logging.getLogger(__name__)
 
@@ -277,19 +279,17 @@ class QueryCache:
             created.append(payload)
             return payload
 
-        session_local = getattr(region.backend, "holds_session_objects", False)
-        if session_local:
-            # A session's calls run one at a time: no dogpile lock is needed
-            # around creating a value, so look up, and store on a miss.
-            never = option.expiration_time == -1  # as get_or_create reads it
-            payload = region.get(
-                key,
-                expiration_time=None if never else option.expiration_time,
-                ignore_expiration=option.ignore_expiration or never,
-            )
-            if payload is NO_VALUE:
+        backend = region.backend
+        if isinstance(backend, SessionLocalBackend):
+            # The session's own store, with no dogpile lock (its calls run one
+            # at a time) and no region in between: look up, and store on a miss.
+            store = backend.store()
+            found = store.lookup(key, expire=not option.ignore_expiration)
+            if isinstance(found, Hit):
+                payload = cast(CachedResult, found.entry.value.payload)
+            else:
                 payload = create()
-                region.set(key, payload)
+                store.put(key, CachedValue(payload, {"ct": time.time(), "v": 2}), option.region)
         else:
             shared = self._serve_shared(option, region, key, create, created)
             if isinstance(shared, Result):
@@ -298,7 +298,7 @@ class QueryCache:
 
         outcome = tracking.Outcome.MISS if created else tracking.Outcome.HIT
         tracking.record_lookup(option.region, key, outcome, payload.description.rows)
-        if created or session_local:
+        if created or isinstance(backend, SessionLocalBackend):
             # The rows are this session's own objects: no merge needed.
             return payload.frozen()
         merged: FrozenResult[Any] = loading.merge_frozen_result(  # type: ignore[no-untyped-call]

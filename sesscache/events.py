@@ -28,14 +28,19 @@ import asyncio
 import enum
 import threading
 import time
-from collections.abc import Collection
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass
+
+from sesscache.store import RemovalReason
 
 #: (principal, session id), as in :mod:`sesscache.registry`.
 ScopeKey = tuple[str, str]
 
 
 class EventType(enum.Enum):
+    """What happened to a cache: every kind of event, listed once (the wire's
+    ``CacheEventType`` values are these names)."""
+
     HIT = "hit"
     MISS = "miss"
     STORE = "store"
@@ -43,6 +48,15 @@ class EventType(enum.Enum):
     EVICT = "evict"
     EXPIRE = "expire"
     SESSION_END = "session_end"
+
+
+#: The event each way out of a cache is shown as (failed calls' entries: none).
+REMOVAL_EVENTS: Mapping[RemovalReason, EventType] = {
+    RemovalReason.EVICTED: EventType.EVICT,
+    RemovalReason.EXPIRED: EventType.EXPIRE,
+    RemovalReason.INVALIDATED: EventType.INVALIDATE,
+    RemovalReason.CHANGED: EventType.INVALIDATE,
+}
 
 
 @dataclass(frozen=True, slots=True)

@@ -24,19 +24,19 @@ from typing import Any
 
 from dogpile.cache import make_region
 from dogpile.cache.api import CachedValue
+from dogpile.cache.backends.redis import RedisBackend
 from dogpile.cache.region import CacheRegion
 from sqlalchemy.orm import Session
 
 from sesscache.backend import (
     BACKEND_NAME,
     SHARED_BACKEND_NAME,
-    Description,
-    Entry,
     SharedMemoryBackend,
     register_backend,
 )
 from sesscache.caching import RelationshipCache
 from sesscache.models import Address, City, PostalCode
+from sesscache.store import Description, Entry, RemovalReason
 
 LOCAL_REGION = "local_session"
 SHARED_REGION = "default"
@@ -106,9 +106,9 @@ def shared_entries(region: CacheRegion) -> list[Entry]:
     backend = region.backend
     if isinstance(backend, SharedMemoryBackend):
         return backend.entries()
-    client = getattr(backend, "writer_client", None)
-    if client is None:
+    if not isinstance(backend, RedisBackend):
         return []
+    client = backend.writer_client
     keys = sorted(k.decode() for k in client.scan_iter(match=SHARED_KEY_PREFIX + "*", count=500))
     if not keys:
         return []
@@ -137,9 +137,9 @@ def clear_shared(region: CacheRegion) -> list[Entry] | list[str]:
     backend = region.backend
     if isinstance(backend, SharedMemoryBackend):
         with backend.lock:
-            return backend.store.clear()
-    client = getattr(backend, "writer_client", None)
-    if client is not None:  # dogpile.cache.redis
+            return backend.store.clear(RemovalReason.INVALIDATED)
+    if isinstance(backend, RedisBackend):
+        client = backend.writer_client
         keys = [k.decode() for k in client.scan_iter(match=SHARED_KEY_PREFIX + "*", count=500)]
         if keys:
             client.delete(*keys)

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import enum
 import hashlib
 import itertools
 import logging
@@ -36,8 +37,9 @@ from typing import Protocol, cast
 from sortedcontainers import SortedDict
 from sqlalchemy.orm import Session, scoped_session, sessionmaker
 
-from sesscache.backend import STORE_INFO_KEY, Entry, SessionStore, store_for
-from sesscache.stats import Counters
+from sesscache.backend import STORE_INFO_KEY, store_for
+from sesscache.stats import REMOVAL_COUNTERS, Counters
+from sesscache.store import Entry, RemovalReason, SessionStore
 
 log = logging.getLogger(__name__)
 
@@ -52,11 +54,24 @@ _scope: contextvars.ContextVar[ScopeKey | None] = contextvars.ContextVar(
 class RegistryObserver(Protocol):
     """Told what the registry and the session caches drop, and why."""
 
-    def entry_removed(self, key: ScopeKey, entry: Entry, reason: str) -> None:
-        """An entry left a session cache: ``reason`` is "evicted" or "expired"."""
+    def entry_removed(self, key: ScopeKey, entry: Entry, reason: RemovalReason) -> None:
+        """An entry left a session cache (any reason but its session ending)."""
 
-    def session_ended(self, state: SessionState, reason: str, keys_dropped: int) -> None:
-        """A session ended: ``reason`` is "ended", "idle", "evicted" or "shutdown"."""
+    def session_ended(self, state: SessionState, reason: EndReason, keys_dropped: int) -> None:
+        """A session ended, and its cache with it."""
+
+
+class EndReason(enum.Enum):
+    """Why a session ended: every way, listed once."""
+
+    #: Its client ended it (EndSession, EndSessions).
+    ENDED = "ended"
+    #: Idle past the idle timeout, ended by the reaper.
+    IDLE = "idle"
+    #: Ended to make room under a session limit.
+    EVICTED = "evicted"
+    #: The server stopped.
+    SHUTDOWN = "shutdown"
 
 
 class RegistryFull(Exception):
@@ -239,10 +254,13 @@ class SessionRegistry:
         entries, size = self._usage.get(principal, (0, 0))
         return entries, size, len(self._by_principal.get(principal, ()))
 
-    def _entry_removed(self, key: ScopeKey, entry: Entry, reason: str) -> None:
+    def _entry_removed(self, key: ScopeKey, entry: Entry, reason: RemovalReason) -> None:
         state = self._states.get(key)
-        if state is not None:
-            state.counters.add(**{"evictions" if reason == "evicted" else "expirations": 1})
+        counter = REMOVAL_COUNTERS.get(reason)
+        if state is not None and counter is not None:
+            for counters in (state.counters, state.principal_counters):
+                if counters is not None:
+                    counters.add(**{counter: 1})
         if self.observer is not None:
             self.observer.entry_removed(key, entry, reason)
 
@@ -364,7 +382,8 @@ class SessionRegistry:
     def end_idle(self, seconds: float) -> list[tuple[SessionState, int]]:
         """End every session idle for at least ``seconds``; return them with keys dropped."""
         with self._lock:
-            return [(state, self._remove(state, "ended")) for state in self.idle_for(seconds)]
+            idle = self.idle_for(seconds)
+            return [(state, self._remove(state, EndReason.ENDED)) for state in idle]
 
     def acquire(self, state: SessionState) -> None:
         """Mark an existing ``state`` in use (see :meth:`release`)."""
@@ -379,7 +398,7 @@ class SessionRegistry:
             state.last_active = time.time()
             state.last_active_monotonic = time.monotonic()
             if state.ephemeral and state.users == 0:
-                self._remove(state, "")
+                self._remove(state, None)
             else:
                 self._touch(state)
 
@@ -391,7 +410,7 @@ class SessionRegistry:
         with self._lock:
             if state.ended:
                 return Ended(existed=False, keys_dropped=0)
-            return Ended(existed=True, keys_dropped=self._remove(state, "ended"))
+            return Ended(existed=True, keys_dropped=self._remove(state, EndReason.ENDED))
 
     def store_of(self, state: SessionState) -> SessionStore | None:
         """The cache store of ``state``'s session, if its Session was ever made."""
@@ -434,7 +453,7 @@ class SessionRegistry:
         with self._lock:
             if timeout is not None:
                 for state in self.idle_for(timeout, now):
-                    dropped = self._remove(state, "idle")
+                    dropped = self._remove(state, EndReason.IDLE)
                     self.sessions_expired += 1
                     log.debug(
                         "session %s expired after idling (%d keys dropped)",
@@ -469,14 +488,14 @@ class SessionRegistry:
                     finally:
                         _scope.reset(token)
                 else:
-                    self._remove(state, "shutdown")
+                    self._remove(state, EndReason.SHUTDOWN)
 
     # -- internals -----------------------------------------------------------
 
     def _close(self, session: Session, store: SessionStore | None) -> None:
         def close() -> None:
             if store is not None:
-                store.clear()
+                store.clear(RemovalReason.SESSION_ENDED)
             session.close()
 
         if self.closer is None:
@@ -551,7 +570,7 @@ class SessionRegistry:
         """End the least recently used idle session of ``states``; False if all are busy."""
         for state in states.values():  # least recently used first
             if state.users == 0:
-                dropped = self._remove(state, "evicted")
+                dropped = self._remove(state, EndReason.EVICTED)
                 self.sessions_evicted += 1
                 log.debug(
                     "session %s evicted to make room (%d keys dropped)",
@@ -561,10 +580,10 @@ class SessionRegistry:
                 return True
         return False
 
-    def _remove(self, state: SessionState, reason: str) -> int:
+    def _remove(self, state: SessionState, reason: EndReason | None) -> int:
         """Close the Session of ``state`` and forget it; return the keys dropped.
 
-        ``reason`` is told to the observer; "" (an ephemeral session) is not.
+        ``reason`` is told to the observer; None (an ephemeral session) is not.
         """
         state.ended = True
         if not state.ephemeral:
@@ -584,7 +603,7 @@ class SessionRegistry:
         finally:
             _scope.reset(token)
         state.store = None
-        if reason:
+        if reason is not None:
             self.sessions_ended += 1
             if self.observer is not None:
                 self.observer.session_ended(state, reason, dropped)

@@ -16,7 +16,10 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
+
+from sesscache.store import RemovalReason
 
 FIELDS = (
     "hits",
@@ -28,6 +31,14 @@ FIELDS = (
     "sql_statements",
     "sql_statements_saved",
 )
+
+#: The counter each way out of a cache counts in (session ends count nothing).
+REMOVAL_COUNTERS: Mapping[RemovalReason, str] = {
+    RemovalReason.EVICTED: "evictions",
+    RemovalReason.EXPIRED: "expirations",
+    RemovalReason.INVALIDATED: "invalidations",
+    RemovalReason.CHANGED: "invalidations",
+}
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,4 +1,4 @@
-"""Per-call accounting: SQL statements emitted and cache outcomes.
+"""Per-call accounting: SQL statements emitted and cache outcomes, for observers.
 
 A :class:`CallTracker` is made current for the duration of one unit of work
 (one gRPC call, one test block) with :func:`track`. The engine listener
@@ -6,6 +6,12 @@ installed by :func:`sesscache.db.make_engine` counts every statement sent to
 the database into the current tracker, and the caching hook records each
 cache lookup it makes. Trackers live in a context variable, so work handed to
 a thread with :func:`contextvars.copy_context` is still counted.
+
+It observes; it decides nothing: whether a lookup hits or misses, and why,
+is the store's answer (:meth:`sesscache.store.SessionStore.lookup`), which
+the server reads directly. The lookups recorded here are for library users
+and tests that want to see every lookup of a block, the shared region's
+included.
 """
 
 from __future__ import annotations
@@ -41,13 +47,6 @@ class CallTracker:
 
     sql_statements: int = 0
     lookups: list[Lookup] = field(default_factory=list)
-
-    def first_lookup(self, region: str) -> Lookup | None:
-        """The first lookup made in ``region``, if any."""
-        for lookup in self.lookups:
-            if lookup.region == region:
-                return lookup
-        return None
 
 
 _current: contextvars.ContextVar[CallTracker | None] = contextvars.ContextVar(

@@ -40,12 +40,12 @@ _METRICS = re.compile(r"metrics on http://(\S+):(\d+)/metrics")
 _RECORD = re.compile(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d")
 MAX_BLOCKS = 5
 MAX_BLOCK_LINES = 60
-#: Debug lines of sesscache.registry and sesscache.backend, by what they count.
+#: Debug lines of sesscache.registry and sesscache.store, by what they count.
 EVENTS = {
     "sessions_evicted": re.compile(r"sesscache\.registry: session (\S+) evicted to make room"),
     "sessions_expired": re.compile(r"sesscache\.registry: session (\S+) expired after idling"),
-    "entries_evicted": re.compile(r"sesscache\.backend: cache entry \S+ evicted"),
-    "entries_expired": re.compile(r"sesscache\.backend: cache entry \S+ expired"),
+    "entries_evicted": re.compile(r"sesscache\.store: cache entry \S+ evicted"),
+    "entries_expired": re.compile(r"sesscache\.store: cache entry \S+ expired"),
 }
 
 

@@ -43,8 +43,7 @@ class Payload:
 class BackendSuite(abc.ABC):
     """The generic backend tests; subclass and implement :meth:`make_region`."""
 
-    #: Whether the backend hands back the very objects stored (no serialization)
-    #: even though it does not declare ``holds_session_objects``.
+    #: Whether the backend hands back the very objects stored (no serialization).
     stores_unserialized: ClassVar[bool] = False
 
     @abc.abstractmethod
@@ -61,9 +60,7 @@ class BackendSuite(abc.ABC):
         return str(mangler(key)) if mangler is not None else key
 
     def keeps_identity(self, region: CacheRegion) -> bool:
-        return self.stores_unserialized or bool(
-            getattr(region.backend, "holds_session_objects", False)
-        )
+        return self.stores_unserialized
 
     # -- single keys -----------------------------------------------------------
 

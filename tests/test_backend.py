@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import pickle
 import time
-import timeit
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -30,16 +29,24 @@ from sesscache.backend import (
     BACKEND_NAME,
     SHARED_BACKEND_NAME,
     STORE_INFO_KEY,
-    Description,
-    Entry,
     SessionLocalBackend,
-    SessionStore,
-    digest_of,
-    entry_size,
     register_backend,
     store_for,
 )
 from sesscache.registry import SessionRegistry
+from sesscache.store import (
+    REMOVALS_KEPT,
+    Description,
+    Entry,
+    Hit,
+    Miss,
+    MissReason,
+    Removal,
+    RemovalReason,
+    SessionStore,
+    digest_of,
+    entry_size,
+)
 
 # Assertions in the shared suite get pytest's detailed messages too.
 pytest.register_assert_rewrite("tests.backend_suite")
@@ -69,6 +76,8 @@ def local_region(registry: SessionRegistry, **arguments: object) -> CacheRegion:
 
 class TestSessionLocalBackend(BackendSuite):
     """The session-local backend, used inside one session scope."""
+
+    stores_unserialized = True
 
     registry: SessionRegistry
 
@@ -117,7 +126,6 @@ def test_registered_under_its_name(registry: SessionRegistry) -> None:
     )
     assert BACKEND_NAME == "sesscache.session_local"
     assert type(region.backend) is SessionLocalBackend
-    assert region.backend.holds_session_objects is True
     assert region.serializer is None
     with registry.scope(SCOPE) as session:
         region.set("k", "v")
@@ -259,8 +267,8 @@ class Removals:
     def __init__(self) -> None:
         self.seen: list[tuple[str, str]] = []
 
-    def __call__(self, entry: Entry, reason: str) -> None:
-        self.seen.append((entry.key, reason))
+    def __call__(self, entry: Entry, reason: RemovalReason) -> None:
+        self.seen.append((entry.key, reason.value))
 
 
 def test_get_refreshes_recency_for_eviction() -> None:
@@ -268,7 +276,7 @@ def test_get_refreshes_recency_for_eviction() -> None:
     store = SessionStore(max_entries=3, on_removal=removals)
     for key in "abc":
         store.put(key, value(key), "r")
-    assert store.get("a") is not None  # a is now the most recently used
+    assert isinstance(store.lookup("a"), Hit)  # a is now the most recently used
     store.put("d", value("d"), "r")
     assert sorted(e.key for e in store) == ["a", "c", "d"]
     assert removals.seen == [("b", "evicted")]
@@ -359,12 +367,12 @@ def test_bytes_follow_replacement_delete_and_clear() -> None:
     store.put("a", sized(25), "r")
     store.put("b", sized(5), "r")
     assert store.bytes == 2 * BASE + 30
-    deleted = store.delete("a")
+    deleted = store.remove("a", RemovalReason.INVALIDATED)
     assert deleted is not None
     assert deleted.size == BASE + 25
     assert store.bytes == BASE + 5
-    assert store.delete("a") is None
-    assert keys(store.clear()) == ["b"]
+    assert store.remove("a", RemovalReason.INVALIDATED) is None
+    assert keys(store.clear(RemovalReason.INVALIDATED)) == ["b"]
     assert (store.bytes, len(store), store.evictions) == (0, 0, 0)
 
 
@@ -397,57 +405,57 @@ def test_expire_drops_expired_entries_and_counts_them() -> None:
     assert store.evictions == 0
 
 
-def test_page_walks_entries_in_stored_order() -> None:
+def test_entries_iterate_in_stored_order() -> None:
     store = SessionStore()
     for i in range(10):
         store.put(f"k{i}", value(i), "r")
-    store.delete("k3")
+    store.remove("k3", RemovalReason.INVALIDATED)
     store.put("k1", value("again"), "r")  # stored again: moves to the end
-    first = store.page(limit=4)
-    assert keys(first) == ["k0", "k2", "k4", "k5"]
-    assert keys(store.page(after_seq=first[-1].seq, limit=4)) == ["k6", "k7", "k8", "k9"]
-    assert keys(store.page(after_seq=seq_of(store, "k9"), limit=4)) == ["k1"]
-    assert store.page(after_seq=seq_of(store, "k1"), limit=4) == []
-    assert store.page(limit=0) == []
-
-    walked: list[str] = []
-    after = 0
-    while page := store.page(after_seq=after, limit=3):
-        assert [e.seq for e in page] == sorted(e.seq for e in page)
-        walked += keys(page)
-        after = page[-1].seq
-    assert walked == keys(list(store))
-    assert walked == ["k0", "k2", "k4", "k5", "k6", "k7", "k8", "k9", "k1"]
-    # Paging is inspection: no hits are counted.
+    assert keys(list(store)) == ["k0", "k2", "k4", "k5", "k6", "k7", "k8", "k9", "k1"]
+    # Iterating is inspection: no hits are counted.
     assert all(entry.hits == 0 for entry in store)
 
 
-def test_page_cost_does_not_depend_on_position() -> None:
-    size = 20_000
-    store = SessionStore()
-    stored = time.time()
-    for i in range(size):
-        store.put(f"key-{i}", value(i, ct=stored), "r")
+def test_a_miss_says_why() -> None:
+    store = SessionStore(max_entries=2)
+    assert store.lookup("a") == Miss(MissReason.NEW_SESSION)
+    store.put("a", expiring(10, ct=time.time() - 60), "r")  # already expired
+    store.put("b", value("b"), "r")
+    assert store.lookup("nope") == Miss(MissReason.NEVER_STORED)
+    expired = store.lookup("a")
+    assert isinstance(expired, Miss)
+    assert expired.reason is MissReason.EXPIRED
+    assert expired.removal is not None
+    assert "a" not in store
+    store.put("c", value("c"), "r")
+    store.put("d", value("d"), "r")  # b is evicted
+    evicted = store.lookup("b")
+    assert isinstance(evicted, Miss)
+    assert evicted.reason is MissReason.EVICTED
+    store.remove("c", RemovalReason.CHANGED, change=42, detail="person 10")
+    changed = store.lookup("c")
+    assert isinstance(changed, Miss)
+    assert changed.removal is not None
+    assert changed.removal == Removal(RemovalReason.CHANGED, changed.removal.at, 42, "person 10")
+    store.clear(RemovalReason.INVALIDATED)
+    assert store.lookup("d").reason is MissReason.INVALIDATED  # type: ignore[union-attr]
+    # Stored again: a hit, and the removal on record no longer matters.
+    store.put("d", value("d"), "r")
+    assert isinstance(store.lookup("d"), Hit)
 
-    def best(statement: str, number: int) -> float:
-        timer = timeit.Timer(statement, globals={"store": store, "size": size})
-        return min(timer.repeat(repeat=7, number=number)) / number
 
-    start = best("store.page(after_seq=0, limit=10)", 200)
-    middle = best("store.page(after_seq=size // 2, limit=10)", 200)
-    end = best("store.page(after_seq=size - 11, limit=10)", 200)
-    scan = best("list(store)", 3)
-    assert keys(store.page(after_seq=size - 11, limit=10)) == [
-        f"key-{i}" for i in range(size - 11, size - 1)
-    ]
-    # A page deep into the store costs about what the first page costs, and
-    # far less than walking the store (which a linear search would).
-    assert middle < 5 * start
-    assert end < 5 * start
-    assert max(start, middle, end) < scan / 20
+def test_the_record_of_removals_is_bounded() -> None:
+    store = SessionStore(max_entries=1)
+    for i in range(REMOVALS_KEPT * 3):
+        store.put(f"k{i}", value(i), "r")
+    assert len(store.removals) == REMOVALS_KEPT
+    assert store.lookup("k0") == Miss(MissReason.NEVER_STORED)
+    last = store.lookup(f"k{REMOVALS_KEPT * 3 - 2}")
+    assert isinstance(last, Miss)
+    assert last.reason is MissReason.EVICTED
 
 
-def test_peek_never_counts_an_access_but_get_does() -> None:
+def test_peek_never_counts_an_access_but_lookup_does() -> None:
     store = SessionStore(max_entries=2)
     store.put("a", value("a", ct=100.0), "r")
     store.put("b", value("b", ct=100.0), "r")
@@ -458,13 +466,14 @@ def test_peek_never_counts_an_access_but_get_does() -> None:
     assert "a" not in store
     assert store.peek("missing") is None
 
-    got = store.get("b")
-    assert got is not None
+    found = store.lookup("b")
+    assert isinstance(found, Hit)
+    got = found.entry
     assert got.hits == 1
     assert got.last_access > 100.0
     store.put("d", value("d"), "r")  # get refreshed b: c goes instead
     assert sorted(e.key for e in store) == ["b", "d"]
-    assert store.get("missing") is None
+    assert isinstance(store.lookup("missing"), Miss)
     b = store.peek("b")
     assert b is not None
     assert b.hits == 1

@@ -30,7 +30,7 @@ from sqlalchemy import Engine, bindparam, event, inspect, select
 from sqlalchemy.orm import Session, object_session, sessionmaker
 
 from sesscache import tracking
-from sesscache.backend import SessionStore, store_for
+from sesscache.backend import store_for
 from sesscache.caching import CachedResult, FromCache, QueryCache
 from sesscache.db import make_engine, prepare_database
 from sesscache.fixtures import person_name
@@ -38,6 +38,7 @@ from sesscache.models import Address, Person
 from sesscache.queries import PersonQuery
 from sesscache.regions import LOCAL_REGION, SHARED_REGION, RegionSettings, make_regions
 from sesscache.registry import SessionRegistry
+from sesscache.store import SessionStore
 
 ROOT = Path(__file__).resolve().parents[1]
 

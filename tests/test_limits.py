@@ -31,8 +31,9 @@ from typing import Any, ClassVar
 import pytest
 from dogpile.cache import register_backend
 
-from sesscache.backend import SessionStore, SharedMemoryBackend, digest_of
+from sesscache.backend import SharedMemoryBackend
 from sesscache.registry import SessionRegistry
+from sesscache.store import SessionStore, digest_of
 from sesscache_client import Client, ResourceExhausted, Session, SessionNotFound
 from sesscache_client.v1 import sesscache_pb2 as pb
 from tests.support.polling import wait_until
@@ -69,7 +70,7 @@ def messages(caplog: pytest.LogCaptureFixture, logger: str) -> list[str]:
 @pytest.fixture
 def debug_logs(caplog: pytest.LogCaptureFixture) -> pytest.LogCaptureFixture:
     caplog.set_level(logging.DEBUG, logger="sesscache.registry")
-    caplog.set_level(logging.DEBUG, logger="sesscache.backend")
+    caplog.set_level(logging.DEBUG, logger="sesscache.store")
     return caplog
 
 
@@ -229,7 +230,7 @@ def test_entries_beyond_the_limit_are_evicted_least_recently_used_first(
         assert local_keys(session) == [k3, k2]
         assert store.evictions == 2
         evicted = [
-            m for m in messages(debug_logs, "sesscache.backend") if m.endswith(f"region {LOCAL})")
+            m for m in messages(debug_logs, "sesscache.store") if m.endswith(f"region {LOCAL})")
         ]
         assert evicted == [
             f"cache entry {digest_of(k2)} evicted (region {LOCAL})",
@@ -284,7 +285,7 @@ def test_expired_session_entries_are_dropped_without_a_query(
         wait_until(lambda: not local_keys(session), what="the expired entry dropped")
         assert (store.expirations, len(store), store.bytes) == (1, 0, 0)
         assert f"cache entry {digest_of(key)} expired (region {LOCAL})" in messages(
-            debug_logs, "sesscache.backend"
+            debug_logs, "sesscache.store"
         )
         assert query(session, 1).cache_status == pb.CACHE_STATUS_MISS
 
@@ -323,7 +324,7 @@ def test_expired_shared_region_entries_are_swept(
     wait_until(lambda: not shared.entries(), what="the shared region swept")
     assert shared.store.expirations == len(stored)
     assert shared.store.bytes == 0
-    swept = [m for m in messages(debug_logs, "sesscache.backend") if "(region default)" in m]
+    swept = [m for m in messages(debug_logs, "sesscache.store") if "(region default)" in m]
     assert sorted(swept) == sorted(
         f"cache entry {e.digest} expired (region default)" for e in stored
     )

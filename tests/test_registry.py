@@ -28,7 +28,7 @@ from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
 from sesscache import tracking
-from sesscache.backend import Description, SessionStore, store_for
+from sesscache.backend import store_for
 from sesscache.caching import QueryCache
 from sesscache.db import make_engine, prepare_database
 from sesscache.fixtures import person_name
@@ -44,6 +44,7 @@ from sesscache.registry import (
     SessionRegistry,
     SessionState,
 )
+from sesscache.store import Description, SessionStore
 
 
 def make_registry(limits: Limits | None = None) -> SessionRegistry:

@@ -5,7 +5,7 @@
 - :mod:`sesscache_server.servicer`: the ``sesscache.v1.SessionCache`` RPCs.
 - :mod:`sesscache_server.service`: the database work of a call, run in worker threads.
 - :mod:`sesscache_server.requests`: validation of requests and metadata.
-- :mod:`sesscache_server.interceptors`: per-call logging and error mapping.
+- :mod:`sesscache_server.calls`: how each call is served (auth, errors, access log).
 - :mod:`sesscache_server.errors`: exceptions to gRPC status, in one place.
 - :mod:`sesscache_server.paging`: signed page tokens.
 """

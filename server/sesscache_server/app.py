@@ -40,12 +40,11 @@ from sesscache.caching import QueryCache
 from sesscache.regions import SHARED_REGION, RegionSettings, make_regions
 from sesscache.registry import SessionRegistry
 from sesscache.v1 import sesscache_pb2 as pb
-from sesscache.v1 import sesscache_pb2_grpc as pb_grpc
 from sesscache_server import auth, config, memory, reflection
+from sesscache_server.calls import AccessLog, CallWrapper, Label, add_service
 from sesscache_server.health import DrainingHealthServicer
 from sesscache_server.http import HttpServer, make_app
 from sesscache_server.inspection import Inspector
-from sesscache_server.interceptors import AccessLogInterceptor, ErrorInterceptor
 from sesscache_server.keys import ServerKeys
 from sesscache_server.metrics import Metrics
 from sesscache_server.paging import PageTokens
@@ -110,6 +109,7 @@ class Running:
     servicer: SessionCacheServicer
     metrics: Metrics | None = None
     http: HttpServer | None = None
+    access: AccessLog | None = None
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
 
     async def stop(self, grace: float) -> None:
@@ -127,6 +127,8 @@ class Running:
         await asyncio.wait([stopping], timeout=grace)
         self.servicer.abandon_database_work()
         await stopping
+        if self.access is not None:
+            self.access.flush()  # the lines of the last calls
         self.executor.shutdown(wait=False, cancel_futures=True)
         self.registry.close_all()
         self.engine.dispose()
@@ -172,14 +174,14 @@ async def start(settings: config.Settings, engine: Engine) -> Running:
 
     http_listen = settings.effective_http_listen()
     metrics = Metrics(inspector, registry) if http_listen else None
-    interceptors: list[grpc.aio.ServerInterceptor] = [  # type: ignore[type-arg]
-        AccessLogInterceptor(label=label, observe=metrics.observe if metrics is not None else None)
-    ]
-    if tokens_by_digest:
-        interceptors.append(auth.AuthInterceptor(tokens_by_digest, protected=[SERVICE_NAME]))
-    interceptors.append(ErrorInterceptor(database=engine.url))
-    server = grpc_server(settings, interceptors)
-    pb_grpc.add_SessionCacheServicer_to_server(servicer, server)
+    access = _access_log(label, metrics)
+    server = grpc_server(settings)
+    add_service(
+        server,
+        CallWrapper(tokens=tokens_by_digest, access=access, database=engine.url),
+        servicer,
+        pb.DESCRIPTOR.services_by_name["SessionCache"],
+    )
     health_servicer = DrainingHealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable(
@@ -222,7 +224,9 @@ async def start(settings: config.Settings, engine: Engine) -> Running:
         server, port, health_servicer, registry, executor, engine, inspector, servicer, metrics
     )
     running.http = http
+    running.access = access
     running.tasks.append(asyncio.create_task(_upkeep(registry, list(regions.values()))))
+    running.tasks.append(asyncio.create_task(access.run()))
     return running
 
 
@@ -298,13 +302,18 @@ def client_gone(record: logging.LogRecord) -> bool:
     return True
 
 
-def grpc_server(
-    settings: config.Settings,
-    interceptors: Sequence[grpc.aio.ServerInterceptor],  # type: ignore[type-arg]
-) -> grpc.aio.Server:
-    """The aio server with the settings' limits on connections and calls."""
+def _access_log(label: Label | None, metrics: Metrics | None) -> AccessLog:
+    """The access log, feeding the latency histogram when metrics are on."""
+    access = AccessLog(label=label, observe=metrics.observe if metrics is not None else None)
+    if metrics is not None:
+        metrics.flushers.append(access.flush)
+    return access
+
+
+def grpc_server(settings: config.Settings) -> grpc.aio.Server:
+    """The aio server with the settings' limits on connections and calls (no
+    interceptors: see :mod:`sesscache_server.calls`)."""
     return grpc.aio.server(
-        interceptors=interceptors,
         options=[
             # gRPC turns SO_REUSEPORT on by default: a second server on a taken
             # port would start and share its connections at random.

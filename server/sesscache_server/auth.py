@@ -20,24 +20,12 @@ from __future__ import annotations
 
 import contextvars
 import hashlib
-from collections.abc import AsyncIterator, Iterable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
-
-import grpc
+from typing import Any
 
 from sesscache_server.errors import Unauthenticated
-from sesscache_server.interceptors import abort, wrap_handler
-
-if TYPE_CHECKING:
-    from sesscache_server.interceptors import (
-        Context,
-        Continuation,
-        Handler,
-        StreamBehavior,
-        UnaryBehavior,
-    )
 
 AUTHORIZATION_KEY = "authorization"
 
@@ -93,68 +81,20 @@ def _digest(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
 
 
-class AuthInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
-    """Checks bearer tokens on ``protected`` services and sets the caller."""
-
-    def __init__(self, tokens: Mapping[str, Principal], protected: Iterable[str]) -> None:
-        self._tokens = dict(tokens)
-        self._prefixes = tuple(f"/{service}/" for service in protected)
-
-    async def intercept_service(
-        self, continuation: Continuation, handler_call_details: grpc.HandlerCallDetails
-    ) -> Handler:
-        handler = await continuation(handler_call_details)
-        if handler is None or not handler_call_details.method.startswith(self._prefixes):
-            return handler
-        principal = self._authenticate(handler_call_details.invocation_metadata)
-        if isinstance(principal, Unauthenticated):
-            return _refusing(handler, principal)
-        return _as(handler, principal)
-
-    def _authenticate(self, metadata: Any) -> Principal | Unauthenticated:
-        values = [v for k, v in metadata or () if k == AUTHORIZATION_KEY]
-        if len(values) != 1 or not isinstance(values[0], str):
-            return Unauthenticated("send 'authorization: Bearer <token>' metadata")
-        scheme, _, token = values[0].partition(" ")
-        if scheme.lower() != "bearer" or not token.strip():
-            return Unauthenticated("the authorization metadata must be 'Bearer <token>'")
-        principal = self._tokens.get(_digest(token.strip()))
-        if principal is None:
-            return Unauthenticated("unknown token")
-        return principal
+def authenticate(tokens: Mapping[str, Principal], metadata: Any) -> Principal | Unauthenticated:
+    """The caller named by the ``authorization`` metadata, or why there is none."""
+    values = [v for k, v in metadata or () if k == AUTHORIZATION_KEY]
+    if len(values) != 1 or not isinstance(values[0], str):
+        return Unauthenticated("send 'authorization: Bearer <token>' metadata")
+    scheme, _, token = values[0].partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        return Unauthenticated("the authorization metadata must be 'Bearer <token>'")
+    principal = tokens.get(_digest(token.strip()))
+    if principal is None:
+        return Unauthenticated("unknown token")
+    return principal
 
 
-def _refusing(handler: Handler, error: Unauthenticated) -> Handler:
-    def unary(_behavior: UnaryBehavior) -> UnaryBehavior:
-        async def refuse(request: Any, context: Context) -> Any:
-            await abort(context, error)
-
-        return refuse
-
-    def stream(_behavior: StreamBehavior) -> StreamBehavior:
-        async def refuse(request: Any, context: Context) -> AsyncIterator[Any]:
-            await abort(context, error)
-            yield  # unreachable: makes this an async generator
-
-        return refuse
-
-    return wrap_handler(handler, unary, stream)
-
-
-def _as(handler: Handler, principal: Principal) -> Handler:
-    def unary(behavior: UnaryBehavior) -> UnaryBehavior:
-        async def call(request: Any, context: Context) -> Any:
-            _current.set(principal)
-            return await behavior(request, context)
-
-        return call
-
-    def stream(behavior: StreamBehavior) -> StreamBehavior:
-        async def call(request: Any, context: Context) -> AsyncIterator[Any]:
-            _current.set(principal)
-            async for response in behavior(request, context):
-                yield response
-
-        return call
-
-    return wrap_handler(handler, unary, stream)
+def set_current(principal: Principal) -> None:
+    """Make ``principal`` the caller of the current call (its task's context)."""
+    _current.set(principal)

@@ -22,6 +22,7 @@ from grpc_status import rpc_status
 from sqlalchemy.engine import URL
 
 from sesscache import db
+from sesscache.core import SessionNotFound
 from sesscache.registry import RegistryFull
 
 log = logging.getLogger(__name__)
@@ -126,8 +127,18 @@ def translate(error: BaseException, *, database: URL | None = None) -> ServiceEr
         )
     if isinstance(error, RegistryFull):
         return ResourceExhausted(str(error))
+    if isinstance(error, SessionNotFound):
+        return NotFound(no_session(error.session_id))
     log.error("unexpected error while serving a call", exc_info=error)
     return ServiceError("internal error; the server log has the details")
+
+
+def no_session(session_id: str) -> str:
+    """Why a named session is not there, for NOT_FOUND."""
+    return (
+        f"no session {quote(session_id)} on this server: it was never used, was ended or "
+        "reaped, or the server restarted (sessions live in server memory)"
+    )
 
 
 def to_status(error: BaseException, *, database: URL | None = None) -> grpc.Status:

@@ -87,7 +87,9 @@ def make_app(metrics: Metrics, health: DrainingHealthServicer) -> web.Applicatio
 
 
 async def _metrics(request: web.Request) -> web.Response:
-    body = generate_latest(request.app[METRICS_KEY].registry)
+    metrics = request.app[METRICS_KEY]
+    metrics.before_scrape()
+    body = generate_latest(metrics.registry)
     response = web.Response(body=body)
     # Set as a header: CONTENT_TYPE_LATEST carries parameters (version, charset)
     # that web.Response(content_type=...) refuses.

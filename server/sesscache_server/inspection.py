@@ -21,21 +21,16 @@ from collections.abc import Mapping
 
 from google.protobuf.timestamp_pb2 import Timestamp
 
-from sesscache.backend import Entry, SessionStore, digest_of
-from sesscache.events import Event, EventBus, EventType
-from sesscache.registry import ScopeKey, SessionRegistry, SessionState
-from sesscache.stats import Counters, Snapshot
+from sesscache.events import REMOVAL_EVENTS, Event, EventBus, EventType
+from sesscache.registry import EndReason, ScopeKey, SessionRegistry, SessionState
+from sesscache.stats import REMOVAL_COUNTERS, Counters, Snapshot
+from sesscache.store import Entry, RemovalReason, SessionStore, digest_of
 from sesscache.v1 import sesscache_pb2 as pb
-from sesscache_server.interceptors import Label
+from sesscache_server.calls import Label
 
-EVENT_TYPES = {
-    EventType.HIT: pb.CACHE_EVENT_TYPE_HIT,
-    EventType.MISS: pb.CACHE_EVENT_TYPE_MISS,
-    EventType.STORE: pb.CACHE_EVENT_TYPE_STORE,
-    EventType.INVALIDATE: pb.CACHE_EVENT_TYPE_INVALIDATE,
-    EventType.EVICT: pb.CACHE_EVENT_TYPE_EVICT,
-    EventType.EXPIRE: pb.CACHE_EVENT_TYPE_EXPIRE,
-    EventType.SESSION_END: pb.CACHE_EVENT_TYPE_SESSION_END,
+#: The wire value of each event type: ``CACHE_EVENT_TYPE_<NAME>``, by name.
+EVENT_TYPES: Mapping[EventType, pb.CacheEventType.ValueType] = {
+    kind: pb.CacheEventType.Value(f"CACHE_EVENT_TYPE_{kind.name}") for kind in EventType
 }
 EVENT_TYPES_BY_VALUE = {value: key for key, value in EVENT_TYPES.items()}
 
@@ -59,18 +54,16 @@ class Inspector:
 
     # -- RegistryObserver ----------------------------------------------------
 
-    def entry_removed(self, key: ScopeKey, entry: Entry, reason: str) -> None:
-        evicted = reason == "evicted"
-        self.counters.add(**{"evictions" if evicted else "expirations": 1})
+    def entry_removed(self, key: ScopeKey, entry: Entry, reason: RemovalReason) -> None:
+        counter = REMOVAL_COUNTERS.get(reason)
+        if counter is None:
+            return  # taken back after a failed call: it never served anyone
+        self.counters.add(**{counter: 1})
         self.events.publish(
-            EventType.EVICT if evicted else EventType.EXPIRE,
-            key,
-            region=entry.region,
-            key=entry.key,
-            rows=entry.rows,
+            REMOVAL_EVENTS[reason], key, region=entry.region, key=entry.key, rows=entry.rows
         )
 
-    def session_ended(self, state: SessionState, reason: str, keys_dropped: int) -> None:
+    def session_ended(self, state: SessionState, reason: EndReason, keys_dropped: int) -> None:
         self.events.publish(EventType.SESSION_END, state.key, rows=keys_dropped)
 
     # -- the servicer's records ------------------------------------------------
@@ -96,24 +89,6 @@ class Inspector:
         for counters in (state.counters, state.principal_counters, self.counters):
             if counters is not None:
                 counters.add(sql_statements=sql)
-
-    def invalidated(
-        self, state: SessionState | None, session: ScopeKey, entries: list[Entry]
-    ) -> None:
-        if not entries:
-            return
-        targets = (
-            (self.counters,)
-            if state is None
-            else (state.counters, state.principal_counters, self.counters)
-        )
-        for counters in targets:
-            if counters is not None:
-                counters.add(invalidations=len(entries))
-        for entry in entries:
-            self.events.publish(
-                EventType.INVALIDATE, session, region=entry.region, key=entry.key, rows=entry.rows
-            )
 
     def limit_hit(self, name: str) -> None:
         """Count one hit of the limit set by setting ``name`` (from any thread)."""

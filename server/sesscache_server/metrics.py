@@ -3,8 +3,8 @@
 The cache counters, session and entry gauges are read from the
 :class:`~sesscache_server.inspection.Inspector` and the registry when Prometheus
 scrapes (a custom collector), so they cost the cache nothing per call. The
-only per-call work is one histogram observation of the RPC's latency, by
-method, status and cache status, done by the access-log interceptor.
+latency histogram (by method, status and cache status) is fed by the access
+log in batches, off the calls' path, and brought up to date before each scrape.
 
 Counters are totals since the server started: ``ResetStats`` does not move
 them (Prometheus counters never go down).
@@ -12,7 +12,7 @@ them (Prometheus counters never go down).
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Histogram
@@ -83,6 +83,13 @@ class Metrics:
             buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
         )
         self._children: dict[tuple[str, str, str], Any] = {}
+        #: Called before each scrape: the access log hands over its pending
+        #: observations (they are batched off the calls' path).
+        self.flushers: list[Callable[[], None]] = []
+
+    def before_scrape(self) -> None:
+        for flush in self.flushers:
+            flush()
 
     def observe(self, method: str, status: str, cache: str, seconds: float) -> None:
         key = (method, status, cache)

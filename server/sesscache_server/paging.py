@@ -19,7 +19,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from sesscache.backend import Entry
+from sesscache.store import Entry
 from sesscache_server.errors import InvalidArgument
 
 T = TypeVar("T")

@@ -12,8 +12,8 @@ import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from sesscache.backend import value_size
 from sesscache.queries import PersonQuery
+from sesscache.store import value_size
 from sesscache.v1 import sesscache_pb2 as pb
 from sesscache_server.errors import InvalidArgument, quote
 from sesscache_server.paging import PageTokens

@@ -12,29 +12,26 @@ If the work fails (the database went away mid-call, the call was
 abandoned), the transaction is rolled back and any cache entry stored by
 the failed call is removed: a session is never left half-written.
 
-:meth:`PersonService.serve_hit` is the fast path, run on the event loop: a
-query whose key is known and whose entry holds a rendered response is
-answered without a thread hop, without building a statement and without the
-ORM. It never touches the database, so hits keep being served while the
-database is down.
+A stored result keeps its rendered response (:data:`RESPONSE_RENDERING`):
+the hit path (:meth:`sesscache.core.CacheCore.rendered_hit`) answers with it
+on the event loop, with no thread, no statement and no database.
 """
 
 from __future__ import annotations
 
 import logging
-import time
 from dataclasses import dataclass
 
 from sqlalchemy.orm import Session
 
 from sesscache import tracking
-from sesscache.backend import store_for, value_size
+from sesscache.backend import store_for
 from sesscache.caching import CachedResult, QueryCache
 from sesscache.memo import Memo
 from sesscache.models import Person
 from sesscache.queries import PersonQuery
-from sesscache.regions import LOCAL_REGION
-from sesscache.registry import SessionRegistry, SessionState
+from sesscache.registry import SessionRegistry
+from sesscache.store import Hit, Miss, RemovalReason, value_size
 from sesscache.v1 import sesscache_pb2 as pb
 from sesscache_server.paging import PageTokens
 from sesscache_server.requests import PersonsRequest, persons_next_token
@@ -67,15 +64,17 @@ def message_size(message: pb.QueryPersonsResponse) -> int:
 @dataclass(frozen=True, slots=True)
 class Served:
     """A QueryPersons response and what it took: ``rows`` in the cached page,
-    ``saved`` SQL statements a hit saved (what storing the entry took)."""
+    ``saved`` SQL statements a hit saved (what storing the entry took), and for
+    a miss, why it missed."""
 
     response: pb.QueryPersonsResponse
     rows: int = 0
     saved: int = 0
+    miss: Miss | None = None
 
 
 class PersonService:
-    """Runs QueryPersons against the caller's Session and its cache."""
+    """Runs QueryPersons against the caller's Session and its cache (worker threads)."""
 
     def __init__(
         self,
@@ -94,54 +93,35 @@ class PersonService:
             query_key_size, max_bytes=known_keys_bytes, max_item=KNOWN_KEY_MAX
         )
 
-    # -- event loop ------------------------------------------------------------
+    def known_key(self, request: PersonsRequest) -> str | None:
+        """The cache key of a query of a shape seen before (None: not yet known)."""
+        return self._keys.get(request.query)
 
     def key_of(self, request: PersonsRequest) -> str:
         """The cache key a request is (or would be) stored under."""
         key = self._keys.get(request.query)
         if key is None:
             key = self.query_cache.key_for(request.query.statement()).key
-            self._remember_key(request.query, key)
+            # Forgetting only costs building a statement again.
+            self._keys.put(request.query, key)
         return key
 
-    def _remember_key(self, query: PersonQuery, key: str) -> None:
-        # Forgetting only costs building a statement again.
-        self._keys.put(query, key)
-
-    def serve_hit(self, state: SessionState, request: PersonsRequest) -> Served | None:
-        """The response for a hit whose rendering is cached, else None (no I/O)."""
-        if request.bypass_cache:
-            return None
-        key = self._keys.get(request.query)
-        if key is None:
-            return None
-        store = self.registry.store_of(state)
-        if store is None:
-            return None
-        entry = store.peek(key)
-        if entry is None or (entry.expires_at is not None and entry.expires_at <= time.time()):
-            return None
-        payload = entry.value.payload
-        rendered = (
-            payload.renderings.get(RESPONSE_RENDERING)
-            if isinstance(payload, CachedResult)
-            else None
-        )
-        if rendered is None:
-            return None
-        store.get(key)  # counts the hit on the entry
-        # The rendered HIT response is shared by every hit of the entry: it is
-        # never changed once made, so no copy is needed.
-        return Served(rendered, rows=entry.rows, saved=payload.sql_statements)
-
-    # -- worker thread ---------------------------------------------------------
-
     def query_persons(self, request: PersonsRequest) -> Served:
-        """Run (or serve from the cache) one page of persons, in the current scope."""
+        """Run (or serve from the cache) one page of persons, in the current scope.
+
+        The store decides hit or miss (and why) before the statement runs; the
+        ORM hook then serves the hit or stores the miss's result, and a stored
+        result gets its rendering here, for the hit path.
+        """
         query = request.query
         session = self.registry.current_session()
-        statement = query.statement(cached=not request.bypass_cache)
-        if request.bypass_cache:
+        store = store_for(session)
+        assert store is not None
+        cached = not request.bypass_cache
+        key = self.key_of(request) if cached else ""
+        found = store.lookup(key, count=False) if cached else None
+        statement = query.statement(cached=cached)
+        if not cached:
             # Read the database afresh even for objects already in the session.
             statement = statement.execution_options(populate_existing=True)
         with tracking.track() as tracker:
@@ -151,52 +131,38 @@ class PersonService:
                 persons = [render_person(person, full=query.full) for person in page]
                 session.commit()
             except BaseException:
-                self._undo(session, tracker)
+                if isinstance(found, Miss):
+                    store.remove(key, RemovalReason.FAILED)
+                self._rollback(session)
                 raise
         response = pb.QueryPersonsResponse(persons=persons, sql_statements=tracker.sql_statements)
         if len(rows) > query.limit:
             response.next_page_token = persons_next_token(request, self.tokens, page[-1].id)
-        lookup = tracker.first_lookup(LOCAL_REGION)
-        if request.bypass_cache or lookup is None or lookup.outcome is tracking.Outcome.BYPASS:
+        entry = store.peek(key) if cached else None
+        if entry is None or not isinstance(entry.value.payload, CachedResult):
+            # Not cached (bypass, or the store kept nothing: a region that failed).
             response.cache_status = pb.CACHE_STATUS_BYPASS
             return Served(response)
-        response.cache_key = lookup.key
-        hit = lookup.outcome is tracking.Outcome.HIT
-        response.cache_status = pb.CACHE_STATUS_HIT if hit else pb.CACHE_STATUS_MISS
-        payload = self._remember(session, query, lookup.key, response)
-        saved = payload.sql_statements if hit and payload is not None else 0
-        return Served(response, rows=lookup.rows, saved=saved)
-
-    def _remember(
-        self, session: Session, query: PersonQuery, key: str, response: pb.QueryPersonsResponse
-    ) -> CachedResult | None:
-        """Keep the rendered response on the entry, for :meth:`serve_hit`."""
-        self._remember_key(query, key)
-        store = store_for(session, create=False)
-        entry = store.peek(key) if store is not None else None
-        if entry is None or not isinstance(entry.value.payload, CachedResult):
-            return None
         payload = entry.value.payload
-        if RESPONSE_RENDERING not in payload.renderings:
-            # Stored by this call: what a hit saves is everything the call
-            # emitted, lazy loads of the rendering included.
-            payload.sql_statements = response.sql_statements
-            rendered = pb.QueryPersonsResponse()
-            rendered.CopyFrom(response)
-            rendered.cache_status = pb.CACHE_STATUS_HIT
-            rendered.sql_statements = 0
-            payload.renderings[RESPONSE_RENDERING] = rendered
-            assert store is not None
-            store.grow(entry, message_size(rendered))
-        return payload
+        response.cache_key = key
+        if isinstance(found, Hit):
+            response.cache_status = pb.CACHE_STATUS_HIT
+            return Served(response, rows=entry.rows, saved=payload.sql_statements)
+        response.cache_status = pb.CACHE_STATUS_MISS
+        # Stored by this call: what a hit saves is everything the call emitted,
+        # lazy loads of the rendering included.
+        payload.sql_statements = response.sql_statements
+        rendered = pb.QueryPersonsResponse()
+        rendered.CopyFrom(response)
+        rendered.cache_status = pb.CACHE_STATUS_HIT
+        rendered.sql_statements = 0
+        # Shared by every hit of the entry: never changed once made.
+        payload.renderings[RESPONSE_RENDERING] = rendered
+        store.grow(entry, message_size(rendered))
+        return Served(response, rows=entry.rows, miss=found)
 
-    def _undo(self, session: Session, tracker: tracking.CallTracker) -> None:
-        """Roll back, and remove entries the failed call stored in the session cache."""
-        store = store_for(session, create=False)
-        if store is not None:
-            for lookup in tracker.lookups:
-                if lookup.region == LOCAL_REGION and lookup.outcome is tracking.Outcome.MISS:
-                    store.delete(lookup.key)
+    @staticmethod
+    def _rollback(session: Session) -> None:
         try:
             session.rollback()
         except Exception as error:  # the connection may be gone with the database

@@ -12,36 +12,40 @@ A call cancelled by its client, or past its deadline, while its work runs in
 a thread keeps the session locked until that work has finished: the next
 call of the session never meets a Session still in use.
 
-Errors are raised as exceptions; :class:`sesscache_server.interceptors.ErrorInterceptor`
+Errors are raised as exceptions; :class:`sesscache_server.calls`
 turns them into statuses.
 """
 
 from __future__ import annotations
 
-import asyncio
 import collections
 import contextlib
 import time
-from collections.abc import AsyncIterator, Callable, Iterable, Iterator
+from collections.abc import AsyncIterator, Iterable, Iterator
 from concurrent.futures import Executor
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 from dogpile.cache.region import CacheRegion
 from sqlalchemy.orm import object_session
 
-from sesscache.backend import Entry, SessionStore, SharedMemoryBackend
+from sesscache.backend import SharedMemoryBackend
+from sesscache.caching import CachedResult
+from sesscache.core import CacheCore
 from sesscache.memo import Memo
 from sesscache.regions import LOCAL_REGION, SHARED_REGION, clear_shared, shared_entries
 from sesscache.registry import ScopeKey, SessionRegistry, SessionState
+from sesscache.store import Entry, RemovalReason, SessionStore
 from sesscache.v1 import sesscache_pb2 as pb
 from sesscache.v1 import sesscache_pb2_grpc as pb_grpc
 from sesscache_server import requests
 from sesscache_server.auth import current_principal
+from sesscache_server.calls import current_call
 from sesscache_server.errors import (
     InvalidArgument,
     NotFound,
     PermissionDenied,
     ResourceExhausted,
+    no_session,
     quote,
 )
 from sesscache_server.inspection import (
@@ -54,12 +58,11 @@ from sesscache_server.inspection import (
     session_message,
     stats_message,
 )
-from sesscache_server.interceptors import current_call
 from sesscache_server.paging import PageTokens, keyset_page
-from sesscache_server.service import PersonService
+from sesscache_server.service import RESPONSE_RENDERING, PersonService
 
 if TYPE_CHECKING:
-    from sesscache_server.interceptors import Context
+    from sesscache_server.calls import Context
 
 A = TypeVar("A")
 R = TypeVar("R")
@@ -111,7 +114,7 @@ class SessionCacheServicer(pb_grpc.SessionCacheServicer):
         self.max_watchers_per_principal = max_watchers_per_principal
         #: WatchCacheEvents streams open, by principal.
         self.watchers: collections.Counter[str] = collections.Counter()
-        self._abandon = asyncio.Event()
+        self.core = CacheCore(registry, executor)
         self._known_requests: Memo[bytes, requests.PersonsRequest] = Memo(
             requests.known_request_size,
             max_bytes=requests.KNOWN_REQUESTS_BYTES,
@@ -121,7 +124,7 @@ class SessionCacheServicer(pb_grpc.SessionCacheServicer):
     def abandon_database_work(self) -> None:
         """Shutting down past the grace period: cancelled calls stop waiting for
         their database work (their sessions are going away with the server)."""
-        self._abandon.set()
+        self.core.abandon()
 
     # -- queries -----------------------------------------------------------------
 
@@ -130,36 +133,43 @@ class SessionCacheServicer(pb_grpc.SessionCacheServicer):
     ) -> pb.QueryPersonsResponse:
         session_id = self._session_id(context)
         persons = self._validated(request)
-        served = None
-        if session_id is not None and not persons.bypass_cache:
-            # The fast path: with the session's lock free, nothing can use the
-            # session while this synchronous block runs (one event loop), so a
-            # rendered hit is served without taking the lock or a thread.
-            state = self.registry.open(session_id, principal=self._principal(context))
-            try:
-                if not state.lock.locked():
-                    served = self.service.serve_hit(state, persons)
-            finally:
-                self.registry.release(state)
-        if served is None:
-            async with self._session(session_id, context) as state:
-                served = self.service.serve_hit(state, persons)
-                if served is None:
-                    served = await self._in_thread(state, self.service.query_persons, persons)
-                    self.registry.trim()
+        principal = current_principal().name
+        key = None if persons.bypass_cache else self.service.known_key(persons)
+        if session_id is not None and key is not None:
+            hit = self.core.rendered_hit(session_id, principal, key, RESPONSE_RENDERING)
+            if hit is not None:
+                state, entry, response = hit
+                return self._hit(state, entry, response)
+        async with self.core.session(session_id, principal=principal, peer=context.peer()) as state:
+            if key is not None:
+                rendered = self.core.rendered(state, key, RESPONSE_RENDERING)
+                if rendered is not None:
+                    return self._hit(state, *rendered)
+            served = await self.core.run(state, self.service.query_persons, persons)
+        self.registry.trim()
         response = served.response
-        status = response.cache_status
-        if status == pb.CACHE_STATUS_HIT:
-            self.inspector.hit(state, LOCAL_REGION, response.cache_key, served.rows, served.saved)
-        elif status == pb.CACHE_STATUS_MISS:
+        if served.miss is not None:
             self.inspector.miss(
                 state, LOCAL_REGION, response.cache_key, served.rows, response.sql_statements
             )
+        elif response.cache_status == pb.CACHE_STATUS_HIT:
+            self.inspector.hit(state, LOCAL_REGION, response.cache_key, served.rows, served.saved)
         else:
             self.inspector.bypass(state, response.sql_statements)
         record = current_call()
         if record is not None:
-            record.cache_status = _STATUS_NAMES.get(status, "-")
+            record.cache_status = _STATUS_NAMES.get(response.cache_status, "-")
+        return response
+
+    def _hit(
+        self, state: SessionState, entry: Entry, response: pb.QueryPersonsResponse
+    ) -> pb.QueryPersonsResponse:
+        """Count and answer a hit served from the entry's rendering."""
+        saved = entry.payload.sql_statements if isinstance(entry.payload, CachedResult) else 0
+        self.inspector.hit(state, LOCAL_REGION, entry.key, entry.rows, saved)
+        record = current_call()
+        if record is not None:
+            record.cache_status = "HIT"
         return response
 
     # -- inspection -----------------------------------------------------------------
@@ -226,7 +236,7 @@ class SessionCacheServicer(pb_grpc.SessionCacheServicer):
         if session_id is not None:
             state = self.registry.get(session_id, principal=principal.name)
             if state is None:
-                raise NotFound(_no_session(session_id))
+                raise NotFound(no_session(session_id))
             store = self.registry.store_of(state)
             response.session.CopyFrom(
                 stats_message(
@@ -276,7 +286,7 @@ class SessionCacheServicer(pb_grpc.SessionCacheServicer):
             )
         state = self.registry.get(session_id, principal=self._principal(context))
         if state is None:
-            raise NotFound(_no_session(session_id))
+            raise NotFound(no_session(session_id))
         before = state.counters.reset()
         return pb.ResetStatsResponse(before=stats_message(before, entries=0, size_bytes=0))
 
@@ -291,8 +301,6 @@ class SessionCacheServicer(pb_grpc.SessionCacheServicer):
         if target == "shared_region":
             self._require_admin("invalidating the shared region")
             cleared = clear_shared(self.regions[SHARED_REGION])
-            entries = [entry for entry in cleared if isinstance(entry, Entry)]
-            self.inspector.invalidated(None, ("", ""), entries)
             return self._removed(
                 entry_message(item)
                 if isinstance(item, Entry)
@@ -311,15 +319,14 @@ class SessionCacheServicer(pb_grpc.SessionCacheServicer):
             store = self.registry.store_of(state)
             removed: list[Entry] = []
             if target == "session_cache":
-                removed = store.clear() if store is not None else []
+                removed = store.clear(RemovalReason.INVALIDATED) if store is not None else []
             elif target == "query":
                 assert query is not None
                 key = self.service.key_of(query)
-                found = store.delete(key) if store is not None else None
+                found = store.remove(key, RemovalReason.INVALIDATED) if store is not None else None
                 removed = [found] if found is not None else []
             else:
                 removed = self._delete_key(store, request.key)
-        self.inspector.invalidated(state, state.key, removed)
         return self._removed(entry_message(entry) for entry in removed)
 
     def _removed(self, messages: Iterable[pb.CacheEntry]) -> pb.InvalidateResponse:
@@ -516,68 +523,18 @@ class SessionCacheServicer(pb_grpc.SessionCacheServicer):
         ) as locked:
             yield locked
 
-    @contextlib.asynccontextmanager
-    async def _session(
+    def _session(
         self,
         session_id: str | None,
         context: Context,
         *,
         create: bool = True,
         principal: str | None = None,
-    ) -> AsyncIterator[SessionState]:
-        """The caller's session, locked for this call.
-
-        ``create`` False: NOT_FOUND when the session does not exist. A session
-        ended while this call waited for its lock is opened afresh (or, with
-        ``create`` False, reported NOT_FOUND).
-        """
-        owner = self._principal(context) if principal is None else principal
-        while True:
-            if create:
-                state = self.registry.open(session_id, principal=owner, peer=context.peer())
-            else:
-                assert session_id is not None
-                found = self.registry.get(session_id, principal=owner)
-                if found is None:
-                    raise NotFound(_no_session(session_id))
-                state = found
-                self.registry.acquire(state)
-            try:
-                async with state.lock:
-                    if not state.ended:
-                        yield state
-                        return
-            finally:
-                self.registry.release(state)
-            # Ended while this call waited: look the session up again.
-
-    async def _in_thread(self, state: SessionState, work: Callable[[A], R], argument: A) -> R:
-        """Run ``work(argument)`` in a worker thread, in ``state``'s session scope.
-
-        If this call is cancelled meanwhile, wait for the work to finish before
-        letting the cancellation through, so the session lock is released only
-        once the Session is no longer in use.
-        """
-        context = self.registry.context_for(state.key)
-        loop = asyncio.get_running_loop()
-        future = loop.run_in_executor(self.executor, context.run, work, argument)
-        try:
-            return await asyncio.shield(future)
-        except asyncio.CancelledError:
-            abandon: asyncio.Future[Any] = asyncio.ensure_future(self._abandon.wait())
-            waiting: list[asyncio.Future[Any]] = [future, abandon]
-            try:
-                while not future.done() and not abandon.done():
-                    with contextlib.suppress(asyncio.CancelledError):
-                        await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
-            finally:
-                abandon.cancel()
-            if not future.done():
-                # Abandoned at shutdown: the session stays in use until its work
-                # ends, so close_all() forgets it instead of closing it under the work.
-                self.registry.acquire(state)
-                future.add_done_callback(lambda _: self.registry.release(state))
-            raise
+    ) -> contextlib.AbstractAsyncContextManager[SessionState]:
+        """The caller's (or ``principal``'s) session, locked for this call (see
+        :meth:`sesscache.core.CacheCore.session`; not found is NOT_FOUND)."""
+        owner = current_principal().name if principal is None else principal
+        return self.core.session(session_id, principal=owner, peer=context.peer(), create=create)
 
     def _shared_entries(self) -> list[Entry]:
         return shared_entries(self.regions[SHARED_REGION])
@@ -599,7 +556,7 @@ class SessionCacheServicer(pb_grpc.SessionCacheServicer):
                 (e for e in store if e.digest == key_or_digest), None
             )
             if entry is not None:
-                store.delete(entry.key)
+                store.remove(entry.key, RemovalReason.INVALIDATED)
                 return [entry]
         if not current_principal().admin:
             return []  # the shared region is for admins to change (see ListCacheKeys)
@@ -610,13 +567,6 @@ class SessionCacheServicer(pb_grpc.SessionCacheServicer):
                     backend.delete(entry.key)
                     return [entry]
         return []
-
-
-def _no_session(session_id: str) -> str:
-    return (
-        f"no session {quote(session_id)} on this server: it was never used, was ended or "
-        "reaped, or the server restarted (sessions live in server memory)"
-    )
 
 
 def _principal_text(name: str) -> str:
