@@ -178,9 +178,11 @@ class PersonService:
             return None
         payload = entry.value.payload
         if RESPONSE_RENDERING not in payload.renderings:
-            # Stored by this call: what a hit saves is everything the call
-            # emitted, lazy loads of the rendering included.
-            payload.sql_statements = response.sql_statements
+            if response.cache_status == pb.CACHE_STATUS_MISS:
+                # Stored by this call: what a hit saves is everything the call
+                # emitted, lazy loads of the rendering included. (A hit renders
+                # again after a write dropped the rendering: the count stays.)
+                payload.sql_statements = response.sql_statements
             rendered = pb.QueryPersonsResponse()
             rendered.CopyFrom(response)
             rendered.cache_status = pb.CACHE_STATUS_HIT
@@ -205,7 +207,7 @@ class PersonService:
 
 def render_person(person: Person, *, full: bool) -> pb.Person:
     """The message for one Person (lazy loads of address bits may emit SQL here)."""
-    message = pb.Person(id=person.id, name=person.name)
+    message = pb.Person(id=person.id, name=person.name, etag=etag_of(person))
     if full:
         for address in person.addresses:
             postal_code = address.postal_code
@@ -220,3 +222,8 @@ def render_person(person: Person, *, full: bool) -> pb.Person:
                 )
             )
     return message
+
+
+def etag_of(person: Person) -> str:
+    """The AIP-154 etag of a person: opaque, changed by every committed change of it."""
+    return f"v{person.version}"
