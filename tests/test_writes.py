@@ -27,7 +27,9 @@ from concurrent.futures import ThreadPoolExecutor
 import grpc
 import pytest
 from sqlalchemy import Engine, create_engine, text
+from sqlalchemy.exc import IntegrityError
 
+from sesscache.db import make_engine
 from sesscache_client import (
     Aborted,
     AlreadyExists,
@@ -44,6 +46,8 @@ from sesscache_client.cli import EXIT_ERROR, EXIT_INVALID_ARGUMENT, EXIT_NOT_FOU
 from sesscache_client.v1 import sesscache_pb2 as pb
 from sesscache_client.v1 import sesscache_pb2_grpc as pb_grpc
 from sesscache_server.auth import parse_tokens
+from sesscache_server.writes import is_duplicate_name
+from tests.conftest import settings_for
 from tests.support.cli import run_cli
 from tests.support.postgres import PostgresServer
 from tests.support.servers import ServerThread
@@ -373,6 +377,34 @@ def test_duplicate_name_is_already_exists_and_nothing_is_written(
     session.update_person(person.id, name=_name("fine"))
 
 
+def test_only_the_unique_name_constraint_is_a_duplicate_name(database_url: str) -> None:
+    """IntegrityErrors are told apart: another unique column, a foreign key, NOT NULL."""
+    engine = make_engine(database_url)  # SQLite with foreign keys on, as the server has it
+
+    def integrity_error(statement: str, **values: object) -> IntegrityError:
+        with pytest.raises(IntegrityError) as raised, engine.begin() as connection:
+            connection.execute(text(statement), values)
+        return raised.value
+
+    try:
+        insert_person = "INSERT INTO person (name) VALUES (:name)"
+        name = _name()
+        with engine.begin() as connection:
+            connection.execute(text(insert_person), {"name": name})
+        assert is_duplicate_name(integrity_error(insert_person, name=name))
+        others = [
+            integrity_error("INSERT INTO country (name) SELECT name FROM country LIMIT 1"),
+            integrity_error(
+                "INSERT INTO address (person_id, street, postal_code_id) VALUES (:id, 'x', 1)",
+                id=MISSING_ID,
+            ),
+            integrity_error(insert_person, name=None),
+        ]
+        assert not any(is_duplicate_name(error) for error in others), others
+    finally:
+        engine.dispose()
+
+
 def test_a_stale_etag_is_aborted_and_changes_nothing(
     client: Client, session_id: str, engine: Engine
 ) -> None:
@@ -474,8 +506,6 @@ def _wait_for_a_lock_wait(engine: Engine, timeout: float = 20) -> None:
 
 @pytest.fixture(scope="module")
 def auth_server(database_url: str, server: ServerThread) -> Iterator[ServerThread]:
-    from tests.conftest import settings_for
-
     with ServerThread(settings_for(database_url, auth_tokens=TOKENS)) as running:
         yield running
 

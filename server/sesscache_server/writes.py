@@ -387,10 +387,15 @@ def is_duplicate_name(error: IntegrityError) -> bool:
     say, a foreign key), on PostgreSQL or SQLite."""
     orig = error.orig
     if _sqlstate(error) == "23505":  # PostgreSQL unique_violation
+        # The constraint's name (PostgreSQL's default for a unique column), or
+        # the detail when messages are in English.
         diag = getattr(orig, "diag", None)
         table = getattr(diag, "table_name", None)
+        constraint = getattr(diag, "constraint_name", None)
         detail = getattr(diag, "message_detail", None) or ""
-        return table == Person.__tablename__ and detail.startswith("Key (name)=")
+        return table == Person.__tablename__ and (
+            constraint == f"{Person.__tablename__}_name_key" or detail.startswith("Key (name)=")
+        )
     text = str(orig)
     return text.startswith("UNIQUE constraint failed:") and text.split(":", 1)[1].strip() == (
         f"{Person.__tablename__}.name"
