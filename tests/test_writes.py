@@ -227,8 +227,32 @@ def test_identity_case_a_street_change_is_served_by_the_cached_entry(
     (entry,) = session.list_cache_keys()
     assert (entry.key, entry.stored_at) == (stored.key, stored.stored_at)
     assert entry.hits == 3
+    assert entry.sql_statements == miss.sql_statements, "what a hit saves stays counted"
     assert session.get_stats().session.invalidations == 0
     assert _streets(engine, person.id) == ["After St"]
+
+
+def test_a_refused_write_leaves_the_sessions_cached_objects_alone(
+    client: Client, session_id: str
+) -> None:
+    person = _create(client.session(_name("setup")))
+    (address,) = person.addresses
+    session = client.session(session_id)
+    session.query_persons(ids=[person.id])
+    updated = session.update_person(person.id, address_id=address.id, street="Kept St")
+    refusals: list[Callable[[], object]] = [
+        lambda: session.update_person(person.id, name=_name(), etag=person.etag),
+        lambda: session.update_person(MISSING_ID, name=_name()),
+        lambda: session.update_person(person.id, address_id=MISSING_ID, street="x"),
+    ]
+    for refused in refusals:
+        with pytest.raises((Aborted, NotFound, InvalidArgument)):
+            refused()
+    # The entry's rendering was dropped by the update: this hit renders from the
+    # session's objects, which the refused writes did not expire (no SQL).
+    after = session.query_persons(ids=[person.id])
+    assert (after.cache_status, after.sql_statements) == (pb.CACHE_STATUS_HIT, 0)
+    assert list(after.persons) == [updated]
 
 
 def test_rename_invalidates_the_sessions_name_entries(client: Client, session_id: str) -> None:
@@ -240,7 +264,7 @@ def test_rename_invalidates_the_sessions_name_entries(client: Client, session_id
     assert session.query_persons(name=old).cache_status == pb.CACHE_STATUS_HIT
     assert session.query_persons(name=new).cache_status == pb.CACHE_STATUS_HIT
 
-    with session.watch(types=["invalidate"]) as events:
+    with session.watch(types=["invalidate"], duration=20) as events:
         renamed = session.update_person(person.id, name=new)
         removed = {next(events).key for _ in range(2)}
     old_query = session.query_persons(name=old)

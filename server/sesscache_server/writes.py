@@ -44,6 +44,7 @@ from sesscache_server.errors import (
     AlreadyExists,
     InvalidArgument,
     ResourceNotFound,
+    ServiceError,
     quote,
 )
 from sesscache_server.requests import MAX_ID
@@ -225,6 +226,15 @@ class PersonWriter:
         try:
             written, message = work(session)
             session.commit()
+        except ServiceError:
+            # A check failed before anything was changed: end the transaction
+            # (it only read) without expiring the Session's objects, which are
+            # the objects of its cached entries. Anything changed: roll back.
+            if session.new or session.dirty or session.deleted:
+                _rollback(session)
+            else:
+                _end_read_only(session)
+            raise
         except BaseException as error:
             _rollback(session)
             translated = _translated(error)
@@ -347,6 +357,14 @@ def _forget(session: Session, person: Person) -> None:
     for obj in (*addresses, person):
         if obj in session:
             session.expunge(obj)
+
+
+def _end_read_only(session: Session) -> None:
+    try:
+        session.commit()
+    except Exception as error:  # the database went away: roll back instead
+        log.debug("ending a read-only transaction failed: %s", error)
+        _rollback(session)
 
 
 def _rollback(session: Session) -> None:
