@@ -474,6 +474,34 @@ def test_a_real_race_lets_exactly_one_conditional_update_through(
     assert _row(engine, person.id) == (person.name, 2)
 
 
+def test_racing_creates_of_one_name_make_one_person(client: Client, engine: Engine) -> None:
+    name = _name("race")
+    racers = 5
+    start = threading.Barrier(racers)
+
+    def race(number: int) -> str:
+        session = client.session(_name(f"creator{number}"))
+        start.wait()
+        try:
+            session.create_person(name, addresses=[(f"racer {number}", CODE)])
+        except AlreadyExists:
+            return "already exists"
+        return "created"
+
+    with ThreadPoolExecutor(racers) as pool:
+        outcomes = sorted(pool.map(race, range(racers)))
+    assert outcomes == ["already exists"] * (racers - 1) + ["created"]
+    with engine.connect() as connection:
+        streets = connection.scalars(
+            text(
+                "SELECT a.street FROM address a JOIN person p ON p.id = a.person_id "
+                "WHERE p.name = :name"
+            ),
+            {"name": name},
+        ).all()
+    assert len(streets) == 1, "the losers wrote no address"
+
+
 def test_a_change_committed_between_read_and_write_is_aborted(
     client: Client, session_id: str, engine: Engine, database_url: str, backend: str
 ) -> None:
