@@ -29,7 +29,7 @@ import pytest
 from sqlalchemy import Engine, create_engine, text
 from sqlalchemy.exc import IntegrityError
 
-from sesscache.db import make_engine
+from sesscache.db import make_engine, prepare_database
 from sesscache_client import (
     Aborted,
     AlreadyExists,
@@ -194,6 +194,21 @@ def test_plain_sql_rows_work_with_the_version_column(
     (person,) = session.query_persons(name=name).persons
     updated = session.update_person(person.id, name=_name("sql2"), etag=person.etag)
     assert _row(engine, person.id) == (updated.name, 2)
+
+
+def test_a_database_made_before_writes_gets_the_version_column(fresh_database_url: str) -> None:
+    engine = make_engine(fresh_database_url)
+    try:
+        prepare_database(engine, persons=3)
+        with engine.begin() as connection:
+            connection.execute(text("ALTER TABLE person DROP COLUMN version"))
+        assert prepare_database(engine, persons=3) == 0
+        prepare_database(engine, persons=3)  # idempotent
+        with engine.connect() as connection:
+            versions = connection.scalars(text("SELECT version FROM person")).all()
+        assert versions == [1, 1, 1]
+    finally:
+        engine.dispose()
 
 
 # -- the writer's own session cache -------------------------------------------------------
