@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Engine, create_engine, event, make_url, text
+from sqlalchemy import Connection, Engine, create_engine, event, inspect, make_url, text
 from sqlalchemy.engine import URL
 from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.orm import Session
@@ -153,11 +153,20 @@ def prepare_database(engine: Engine, *, persons: int = fixtures.DEFAULT_PERSONS)
                 text("SELECT pg_advisory_xact_lock(:key)"), {"key": PREPARE_LOCK_KEY}
             )
         Base.metadata.create_all(connection)
+        _add_person_version(connection)
         with Session(bind=connection) as session:
             added = fixtures.seed(session, persons=persons)
     if added:
         log.info("database prepared: %d fixture rows added", added)
     return added
+
+
+def _add_person_version(connection: Connection) -> None:
+    """Give a ``person`` table made before writes existed its ``version`` column."""
+    columns = {column["name"] for column in inspect(connection).get_columns("person")}
+    if "version" not in columns:
+        connection.execute(text("ALTER TABLE person ADD COLUMN version INTEGER NOT NULL DEFAULT 1"))
+        log.info("database upgraded: person.version added")
 
 
 @contextlib.contextmanager

@@ -12,7 +12,9 @@ the shared ``default`` region instead of the database.
 
 from __future__ import annotations
 
-from sqlalchemy import ForeignKey, String
+from typing import Any
+
+from sqlalchemy import ForeignKey, String, text
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
 
@@ -84,14 +86,34 @@ class Address(Base):
 
 
 class Person(Base):
+    """A person. ``version`` counts the person's committed changes (its own row
+    and its addresses' streets): the etag of the API is made from it, and the
+    ORM checks it on every UPDATE and DELETE of the row (``version_id_col``),
+    so a change based on a stale read fails with ``StaleDataError``.
+
+    The writer assigns the next version itself (``version_id_generator``
+    False), so a database trigger that also bumps it does no harm: readers
+    compare versions for equality only, and re-read the value after a write.
+    Plain SQL that names only ``id`` and ``name`` still works (server default 1).
+    """
+
     __tablename__ = "person"
 
     id: Mapped[int] = mapped_column(primary_key=True)
     name: Mapped[str] = mapped_column(String(100), unique=True)
+    version: Mapped[int] = mapped_column(server_default=text("1"))
 
     addresses: Mapped[list[Address]] = relationship(
         back_populates="person", order_by=Address.id, lazy="select"
     )
+
+    # Ids are never reused (SQLite would reuse the highest after a delete), so a
+    # session still holding a deleted person never meets a new one of its id.
+    __table_args__: dict[str, Any] = {"sqlite_autoincrement": True}  # noqa: RUF012
+    __mapper_args__: dict[str, Any] = {  # noqa: RUF012 (SQLAlchemy reads it once)
+        "version_id_col": version,
+        "version_id_generator": False,
+    }
 
     def __repr__(self) -> str:
         return f"Person({self.name!r})"

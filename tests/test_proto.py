@@ -84,6 +84,9 @@ def test_service_and_rpcs() -> None:
         "QueryPersons": ("QueryPersonsRequest", "QueryPersonsResponse"),
         "ListCacheKeys": ("ListCacheKeysRequest", "ListCacheKeysResponse"),
         "EndSession": ("EndSessionRequest", "EndSessionResponse"),
+        "CreatePerson": ("CreatePersonRequest", "Person"),
+        "UpdatePerson": ("UpdatePersonRequest", "Person"),
+        "DeletePerson": ("DeletePersonRequest", "DeletePersonResponse"),
     }
     for name, (request, response) in rpcs.items():
         method = service.methods_by_name[name]
@@ -136,7 +139,12 @@ FIELDS: dict[str, dict[str, int]] = {
         "next_page_token": 5,
     },
     "NameRange": {"first": 1, "last": 2},
-    "Person": {"id": 1, "name": 2, "addresses": 3},
+    "Person": {"id": 1, "name": 2, "addresses": 3, "etag": 4},
+    "CreatePersonRequest": {"person": 1},
+    "UpdatePersonRequest": {"id": 1, "etag": 2, "name": 3, "address": 4},
+    "AddressUpdate": {"id": 1, "street": 2},
+    "DeletePersonRequest": {"id": 1, "etag": 2},
+    "DeletePersonResponse": {"person": 1},
     "Address": {"id": 1, "street": 2, "postal_code": 3, "city": 4, "country": 5},
     "ListCacheKeysRequest": {"page_size": 1, "page_token": 2},
     "ListCacheKeysResponse": {"entries": 1, "next_page_token": 2, "total_size": 3},

@@ -772,6 +772,60 @@ class Session:
         request = sesscache_pb2.WatchCacheEventsRequest(types=_event_type_values(types))
         return self.client._watch(request, self.id, duration)
 
+    # Writes: each in this session, one transaction; see the proto for the rules.
+
+    def create_person(
+        self, name: str, *, addresses: Sequence[tuple[str, str]] = ()
+    ) -> sesscache_pb2.Person:
+        """Create a person named ``name``, with ``addresses`` as (street, postal code)
+        pairs (known postal codes, e.g. "60601"); return it with its id and etag.
+
+        Raises :class:`AlreadyExists` when another person has that name.
+        """
+        person = sesscache_pb2.Person(
+            name=name,
+            addresses=[
+                sesscache_pb2.Address(street=street, postal_code=code) for street, code in addresses
+            ],
+        )
+        request = sesscache_pb2.CreatePersonRequest(person=person)
+        return self.client._call(self.client._stub.CreatePerson, request, self.id)
+
+    def update_person(
+        self,
+        person_id: int,
+        *,
+        name: str | None = None,
+        address_id: int | None = None,
+        street: str | None = None,
+        etag: str = "",
+    ) -> sesscache_pb2.Person:
+        """Rename person ``person_id`` and/or set the ``street`` of its address
+        ``address_id``; return the person as committed, with its new etag.
+
+        ``etag`` (the person's, as last read) makes the change conditional: it
+        raises :class:`Aborted` if the person changed since. Raises
+        :class:`NotFound` for an unknown person.
+        """
+        if (address_id is None) != (street is None):
+            raise InvalidArgument(
+                "address_id and street go together",
+                field_violations=[("address", "give both address_id and street")],
+            )
+        request = sesscache_pb2.UpdatePersonRequest(id=person_id, etag=etag, name=name)
+        if address_id is not None and street is not None:
+            request.address.CopyFrom(sesscache_pb2.AddressUpdate(id=address_id, street=street))
+        return self.client._call(self.client._stub.UpdatePerson, request, self.id)
+
+    def delete_person(self, person_id: int, *, etag: str = "") -> sesscache_pb2.Person:
+        """Delete person ``person_id`` and its addresses; return it as it was.
+
+        ``etag``: as for :meth:`update_person`. Raises :class:`NotFound` for an
+        unknown person.
+        """
+        request = sesscache_pb2.DeletePersonRequest(id=person_id, etag=etag)
+        return self.client._call(self.client._stub.DeletePerson, request, self.id).person
+
     def end(self) -> sesscache_pb2.EndSessionResponse:
         """End the session: the server drops its ORM Session and cache.
 

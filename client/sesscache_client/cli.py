@@ -15,6 +15,12 @@ Commands::
     watch       --session ID | --all  [--type T ...] [--count N] [--duration S]
                                            live cache events, one line each, as they come
     info                                   what the server is: version, uptime, settings
+    create      --session ID --name N [--address STREET CODE ...]
+                                           create a person (writer role); print it with its etag
+    update      --session ID --id N [--name N] [--address-id A --street S] [--etag E]
+                                           rename a person and/or change one address's street
+    delete      --session ID --id N [--etag E]
+                                           delete a person and its addresses
     top         [--session ID] [--interval S] [--count N]
                                            (also ``stats --interval S``) a repeating view of
                                            hits/s, misses/s, hit ratio, SQL saved/s, entries
@@ -70,10 +76,10 @@ from sesscache_client._client import (
 from sesscache_client.errors import (
     DeadlineExceeded,
     InvalidArgument,
+    NotFound,
     PermissionDenied,
     ResourceExhausted,
     SesscacheError,
-    SessionNotFound,
     Unauthenticated,
     Unavailable,
 )
@@ -109,7 +115,7 @@ EXIT_CODES: tuple[tuple[int, str], ...] = (
     (EXIT_OK, "success"),
     (EXIT_ERROR, "any other error (e.g. health not SERVING, INTERNAL)"),
     (EXIT_USAGE, "usage: a bad command line"),
-    (EXIT_NOT_FOUND, "not found: no such session, or invalidate removed nothing"),
+    (EXIT_NOT_FOUND, "not found: no such session or person, or invalidate removed nothing"),
     (EXIT_UNAVAILABLE, "cannot reach the server, UNAVAILABLE, or the --timeout passed"),
     (EXIT_INVALID_ARGUMENT, "INVALID_ARGUMENT: a value the server (or client) refused"),
     (EXIT_DENIED, "UNAUTHENTICATED or PERMISSION_DENIED"),
@@ -118,7 +124,7 @@ EXIT_CODES: tuple[tuple[int, str], ...] = (
 
 #: The exit status of each client error (any other: EXIT_ERROR).
 _ERROR_EXITS: tuple[tuple[type[SesscacheError], int], ...] = (
-    (SessionNotFound, EXIT_NOT_FOUND),
+    (NotFound, EXIT_NOT_FOUND),
     (Unavailable, EXIT_UNAVAILABLE),
     (DeadlineExceeded, EXIT_UNAVAILABLE),
     (InvalidArgument, EXIT_INVALID_ARGUMENT),
@@ -1133,6 +1139,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_sessions_parser(subparsers)
     _add_invalidate_parser(subparsers)
     _add_watch_parser(subparsers)
+    from sesscache_client.cli_writes import add_write_parsers  # it imports this module
+
+    add_write_parsers(subparsers)
     seen: set[int] = set()
     for command in subparsers.choices.values():  # aliases share their parser
         if id(command) not in seen:

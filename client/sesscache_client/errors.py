@@ -11,7 +11,12 @@ Exception tree::
     ├── InvalidArgument     INVALID_ARGUMENT; also a ValueError. .field_violations is
     │                       [(field, description), ...] from google.rpc.BadRequest.
     │                       Raised locally too, e.g. for a malformed session id.
-    ├── SessionNotFound     NOT_FOUND: the session the call needs does not exist.
+    ├── NotFound            NOT_FOUND: a resource the request names (a person) does not
+    │   │                   exist; .resource_type and .resource_name say which.
+    │   └── SessionNotFound NOT_FOUND: the session the call needs does not exist.
+    ├── AlreadyExists       ALREADY_EXISTS: a write would duplicate a unique value (a name).
+    ├── Aborted             ABORTED: a write met a concurrent change or a stale etag; read
+    │                       again, then retry.
     ├── Unavailable         UNAVAILABLE: server or its database unreachable; retryable.
     ├── DeadlineExceeded    DEADLINE_EXCEEDED: the call's timeout passed.
     ├── ResourceExhausted   RESOURCE_EXHAUSTED: the server is full.
@@ -34,8 +39,11 @@ from google.rpc import error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
 __all__ = [
+    "Aborted",
+    "AlreadyExists",
     "DeadlineExceeded",
     "InvalidArgument",
+    "NotFound",
     "PermissionDenied",
     "ResourceExhausted",
     "ServerError",
@@ -110,7 +118,34 @@ class InvalidArgument(SesscacheError, ValueError):
         return super().__str__()
 
 
-class SessionNotFound(SesscacheError):
+class NotFound(SesscacheError):
+    """NOT_FOUND: what the request names does not exist.
+
+    For a person (UpdatePerson, DeletePerson) the server names it with a
+    google.rpc.ResourceInfo detail: ``resource_type`` "sesscache.v1.Person" and
+    ``resource_name`` its id. A missing session is :class:`SessionNotFound`.
+    """
+
+    default_code = grpc.StatusCode.NOT_FOUND
+
+    resource_type: str
+    resource_name: str
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        code: grpc.StatusCode | None = None,
+        details: Sequence[any_pb2.Any] = (),
+        resource_type: str = "",
+        resource_name: str = "",
+    ) -> None:
+        super().__init__(message, code=code, details=details)
+        self.resource_type = resource_type
+        self.resource_name = resource_name
+
+
+class SessionNotFound(NotFound):
     """NOT_FOUND: the session the call needs does not exist on the server.
 
     Sessions live in the memory of one server process: a session is gone once it
@@ -209,6 +244,19 @@ class PermissionDenied(SesscacheError):
     default_code = grpc.StatusCode.PERMISSION_DENIED
 
 
+class AlreadyExists(SesscacheError):
+    """ALREADY_EXISTS: the write would give a second person the same name."""
+
+    default_code = grpc.StatusCode.ALREADY_EXISTS
+
+
+class Aborted(SesscacheError):
+    """ABORTED: the write met a concurrent change of the same person, or its etag is
+    no longer the person's. Nothing was changed: read the person again, then retry."""
+
+    default_code = grpc.StatusCode.ABORTED
+
+
 class ServerError(SesscacheError):
     """Any other status: INTERNAL, UNIMPLEMENTED, UNKNOWN, CANCELLED, ..."""
 
@@ -219,6 +267,8 @@ _SIMPLE: dict[grpc.StatusCode, type[SesscacheError]] = {
     grpc.StatusCode.RESOURCE_EXHAUSTED: ResourceExhausted,
     grpc.StatusCode.UNAUTHENTICATED: Unauthenticated,
     grpc.StatusCode.PERMISSION_DENIED: PermissionDenied,
+    grpc.StatusCode.ALREADY_EXISTS: AlreadyExists,
+    grpc.StatusCode.ABORTED: Aborted,
 }
 
 
@@ -240,6 +290,15 @@ def from_rpc_error(exc: grpc.RpcError, *, session_id: str | None = None) -> Sess
             message, code=code, details=details, field_violations=_field_violations(details)
         )
     if code is grpc.StatusCode.NOT_FOUND:
+        resource = _resource_info(details)
+        if resource is not None:
+            return NotFound(
+                message,
+                code=code,
+                details=details,
+                resource_type=resource.resource_type,
+                resource_name=resource.resource_name,
+            )
         return SessionNotFound(message, code=code, details=details, session_id=session_id)
     cls = _SIMPLE.get(code, ServerError)
     return cls(message, code=code, details=details)
@@ -278,3 +337,11 @@ def _field_violations(details: Sequence[any_pb2.Any]) -> list[tuple[str, str]]:
         if detail.Unpack(bad_request):  # False for other detail types
             violations.extend((v.field, v.description) for v in bad_request.field_violations)
     return violations
+
+
+def _resource_info(details: Sequence[any_pb2.Any]) -> error_details_pb2.ResourceInfo | None:
+    for detail in details:
+        info = error_details_pb2.ResourceInfo()
+        if detail.Unpack(info):
+            return info
+    return None

@@ -5,15 +5,18 @@ With tokens configured, every call to ``sesscache.v1`` must carry
 refused with UNAUTHENTICATED. The health and reflection services stay open,
 so probes and generic tools work without a token.
 
-Tokens are configured as ``TOKEN=PRINCIPAL`` or ``TOKEN=PRINCIPAL:admin``
-entries, separated by commas or newlines (``#`` starts a comment in a file),
-from ``--auth-tokens-file`` and/or ``SESSCACHE_AUTH_TOKENS``. Tokens are
-never logged; they are kept only as SHA-256 digests.
+Tokens are configured as ``TOKEN=PRINCIPAL``, ``TOKEN=PRINCIPAL:writer`` or
+``TOKEN=PRINCIPAL:admin`` entries, separated by commas or newlines (``#``
+starts a comment in a file), from ``--auth-tokens-file`` and/or
+``SESSCACHE_AUTH_TOKENS``. Tokens are never logged; they are kept only as
+SHA-256 digests.
 
 A session belongs to the principal that created it: sessions are keyed by
 (principal, session id), so another principal naming the same id reaches a
 session of its own and can neither see nor end the first one; there is
-nothing to probe. The admin role may inspect every session.
+nothing to probe. The admin role may inspect every session. The writer role
+may change persons (CreatePerson, UpdatePerson, DeletePerson); admin implies
+it.
 """
 
 from __future__ import annotations
@@ -36,9 +39,18 @@ class Principal:
 
     name: str
     admin: bool = False
+    writer: bool = False
+
+    @property
+    def may_write(self) -> bool:
+        """Whether the caller may change persons: the writer role, or admin."""
+        return self.writer or self.admin
 
 
 ANONYMOUS = Principal("", admin=True)
+
+#: The roles a token entry may give after its principal ("" is none).
+ROLES = ("", "writer", "admin")
 
 _current: contextvars.ContextVar[Principal] = contextvars.ContextVar(
     "sesscache_principal", default=ANONYMOUS
@@ -51,7 +63,8 @@ def current_principal() -> Principal:
 
 
 def parse_tokens(text: str, *, source: str) -> dict[str, Principal]:
-    """``{sha256(token): Principal}`` from ``TOKEN=PRINCIPAL[:admin]`` entries."""
+    """``{sha256(token): Principal}`` from ``TOKEN=PRINCIPAL[:ROLE]`` entries (ROLE:
+    ``writer`` or ``admin``)."""
     tokens: dict[str, Principal] = {}
     entries = (
         part.split("#", 1)[0].strip() for line in text.splitlines() for part in line.split(",")
@@ -59,11 +72,14 @@ def parse_tokens(text: str, *, source: str) -> dict[str, Principal]:
     for number, entry in enumerate(filter(None, entries), start=1):
         token, separator, who = entry.partition("=")
         name, _, role = who.partition(":")
-        if not separator or not token.strip() or not name.strip() or role not in ("", "admin"):
+        if not separator or not token.strip() or not name.strip() or role not in ROLES:
             raise ValueError(
-                f"{source}: entry {number} is not TOKEN=PRINCIPAL or TOKEN=PRINCIPAL:admin"
+                f"{source}: entry {number} is not TOKEN=PRINCIPAL, TOKEN=PRINCIPAL:writer "
+                "or TOKEN=PRINCIPAL:admin"
             )
-        tokens[_digest(token.strip())] = Principal(name.strip(), admin=role == "admin")
+        tokens[_digest(token.strip())] = Principal(
+            name.strip(), admin=role == "admin", writer=role == "writer"
+        )
     return tokens
 
 

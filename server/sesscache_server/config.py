@@ -86,11 +86,13 @@ class Settings:
         default=8 * 1024 * 1024,
     )
     auth_tokens_file: str = _opt(
-        "file of bearer tokens, one TOKEN=PRINCIPAL[:admin] per line; enables authentication",
+        "file of bearer tokens, one TOKEN=PRINCIPAL[:ROLE] per line (ROLE: writer or admin); "
+        "enables authentication",
         default="",
     )
     auth_tokens: str = _opt(
-        "bearer tokens, TOKEN=PRINCIPAL[:admin] separated by commas; enables authentication "
+        "bearer tokens, TOKEN=PRINCIPAL[:ROLE] (ROLE: writer or admin) separated by commas; "
+        "enables authentication "
         "(prefer the variable or the file: flags show in process listings)",
         default="",
     )

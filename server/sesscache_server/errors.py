@@ -90,6 +90,26 @@ class NotFound(ServiceError):
     code = grpc.StatusCode.NOT_FOUND
 
 
+class ResourceNotFound(NotFound):
+    """A resource the request names (not a session) does not exist: the status
+    carries a ``google.rpc.ResourceInfo`` detail, e.g. ``sesscache.v1.Person`` 12."""
+
+    def __init__(self, message: str, *, resource_type: str, resource_name: str) -> None:
+        super().__init__(message)
+        self.resource_type = resource_type
+        self.resource_name = resource_name
+
+
+class AlreadyExists(ServiceError):
+    code = grpc.StatusCode.ALREADY_EXISTS
+
+
+class Aborted(ServiceError):
+    """A write met a concurrent change (or a stale etag): read again, then retry."""
+
+    code = grpc.StatusCode.ABORTED
+
+
 class Unavailable(ServiceError):
     code = grpc.StatusCode.UNAVAILABLE
 
@@ -158,6 +178,15 @@ def to_status(error: BaseException, *, database: URL | None = None) -> grpc.Stat
             )
         )
         status.details.append(detail)
+    if isinstance(service_error, ResourceNotFound):
+        detail = any_pb2.Any()
+        detail.Pack(
+            error_details_pb2.ResourceInfo(
+                resource_type=service_error.resource_type,
+                resource_name=_bounded(service_error.resource_name, MAX_FIELD),
+            )
+        )
+        status.details.append(detail)
     return rpc_status.to_status(status)
 
 
@@ -170,4 +199,6 @@ _CODES = {
     grpc.StatusCode.RESOURCE_EXHAUSTED: code_pb2.RESOURCE_EXHAUSTED,
     grpc.StatusCode.UNAUTHENTICATED: code_pb2.UNAUTHENTICATED,
     grpc.StatusCode.PERMISSION_DENIED: code_pb2.PERMISSION_DENIED,
+    grpc.StatusCode.ALREADY_EXISTS: code_pb2.ALREADY_EXISTS,
+    grpc.StatusCode.ABORTED: code_pb2.ABORTED,
 }

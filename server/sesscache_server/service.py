@@ -145,21 +145,25 @@ class PersonService:
             return Served(response)
         payload = entry.value.payload
         response.cache_key = key
-        if isinstance(found, Hit):
-            response.cache_status = pb.CACHE_STATUS_HIT
+        hit = isinstance(found, Hit)
+        response.cache_status = pb.CACHE_STATUS_HIT if hit else pb.CACHE_STATUS_MISS
+        if not hit:
+            # Stored by this call: what a hit saves is everything the call emitted,
+            # lazy loads of the rendering included.
+            payload.sql_statements = response.sql_statements
+        if RESPONSE_RENDERING not in payload.renderings:
+            # Stored by this call, or a hit whose rendering a write dropped (its
+            # count of SQL saved stays).
+            rendered = pb.QueryPersonsResponse()
+            rendered.CopyFrom(response)
+            rendered.cache_status = pb.CACHE_STATUS_HIT
+            rendered.sql_statements = 0
+            # Shared by every hit of the entry: never changed once made.
+            payload.renderings[RESPONSE_RENDERING] = rendered
+            store.grow(entry, message_size(rendered))
+        if hit:
             return Served(response, rows=entry.rows, saved=payload.sql_statements)
-        response.cache_status = pb.CACHE_STATUS_MISS
-        # Stored by this call: what a hit saves is everything the call emitted,
-        # lazy loads of the rendering included.
-        payload.sql_statements = response.sql_statements
-        rendered = pb.QueryPersonsResponse()
-        rendered.CopyFrom(response)
-        rendered.cache_status = pb.CACHE_STATUS_HIT
-        rendered.sql_statements = 0
-        # Shared by every hit of the entry: never changed once made.
-        payload.renderings[RESPONSE_RENDERING] = rendered
-        store.grow(entry, message_size(rendered))
-        return Served(response, rows=entry.rows, miss=found)
+        return Served(response, rows=entry.rows, miss=found if isinstance(found, Miss) else None)
 
     @staticmethod
     def _rollback(session: Session) -> None:
@@ -171,7 +175,7 @@ class PersonService:
 
 def render_person(person: Person, *, full: bool) -> pb.Person:
     """The message for one Person (lazy loads of address bits may emit SQL here)."""
-    message = pb.Person(id=person.id, name=person.name)
+    message = pb.Person(id=person.id, name=person.name, etag=etag_of(person))
     if full:
         for address in person.addresses:
             postal_code = address.postal_code
@@ -186,3 +190,8 @@ def render_person(person: Person, *, full: bool) -> pb.Person:
                 )
             )
     return message
+
+
+def etag_of(person: Person) -> str:
+    """The AIP-154 etag of a person: opaque, changed by every committed change of it."""
+    return f"v{person.version}"

@@ -21,7 +21,7 @@ from __future__ import annotations
 import collections
 import contextlib
 import time
-from collections.abc import AsyncIterator, Iterable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator
 from concurrent.futures import Executor
 from typing import TYPE_CHECKING, TypeVar
 
@@ -37,7 +37,7 @@ from sesscache.registry import ScopeKey, SessionRegistry, SessionState
 from sesscache.store import Entry, RemovalReason, SessionStore
 from sesscache.v1 import sesscache_pb2 as pb
 from sesscache.v1 import sesscache_pb2_grpc as pb_grpc
-from sesscache_server import requests
+from sesscache_server import requests, writes
 from sesscache_server.auth import current_principal
 from sesscache_server.calls import current_call
 from sesscache_server.errors import (
@@ -120,6 +120,7 @@ class SessionCacheServicer(pb_grpc.SessionCacheServicer):
             max_bytes=requests.KNOWN_REQUESTS_BYTES,
             max_item=requests.KNOWN_REQUEST_MAX,
         )
+        self.writer = writes.PersonWriter(registry)
 
     def abandon_database_work(self) -> None:
         """Shutting down past the grace period: cancelled calls stop waiting for
@@ -567,6 +568,41 @@ class SessionCacheServicer(pb_grpc.SessionCacheServicer):
                     backend.delete(entry.key)
                     return [entry]
         return []
+
+    # -- writes (see sesscache_server.writes) ------------------------------------------
+
+    async def CreatePerson(self, request: pb.CreatePersonRequest, context: Context) -> pb.Person:
+        self._require_writer("CreatePerson")
+        return await self._write(context, self.writer.create, writes.create_request(request))
+
+    async def UpdatePerson(self, request: pb.UpdatePersonRequest, context: Context) -> pb.Person:
+        self._require_writer("UpdatePerson")
+        return await self._write(context, self.writer.update, writes.update_request(request))
+
+    async def DeletePerson(
+        self, request: pb.DeletePersonRequest, context: Context
+    ) -> pb.DeletePersonResponse:
+        self._require_writer("DeletePerson")
+        done = await self._write(context, self.writer.delete, writes.delete_request(request))
+        return pb.DeletePersonResponse(person=done)
+
+    async def _write(
+        self, context: Context, work: Callable[[A], writes.WriteResult], argument: A
+    ) -> pb.Person:
+        """One write in the caller's session: its lock, its scope, a worker thread."""
+        session_id = self._session_id(context)
+        async with self._session(session_id, context) as state:
+            done = await self.core.run(state, work, argument)
+        return done.person
+
+    @staticmethod
+    def _require_writer(what: str) -> None:
+        principal = current_principal()
+        if not principal.may_write:
+            raise PermissionDenied(
+                f"{what} needs the writer role ({_principal_text(principal.name)} has it not): "
+                "give its token as TOKEN=PRINCIPAL:writer (or :admin)"
+            )
 
 
 def _principal_text(name: str) -> str:
