@@ -16,6 +16,7 @@ from typing import Literal, TypeAlias
 
 from google.protobuf import duration_pb2, message
 
+from sesscache_client._enums import CacheEntryOrder, CacheEventType, PersonView
 from sesscache_client.errors import InvalidArgument
 from sesscache_client.v1 import sesscache_pb2
 
@@ -49,7 +50,7 @@ _SESSION_ID_RE = re.compile(r"[A-Za-z0-9._~-]{1,128}")
 PersonViewValue: TypeAlias = sesscache_pb2.PersonView.ValueType
 #: How much of each person to return: "basic", "full", a ``PersonView`` value, or
 #: ``None`` for the server's default (full).
-PersonViewArg: TypeAlias = Literal["basic", "full"] | PersonViewValue | None
+PersonViewArg: TypeAlias = Literal["basic", "full"] | PersonViewValue | PersonView | None
 _VIEWS: dict[str, PersonViewValue] = {
     "basic": sesscache_pb2.PERSON_VIEW_BASIC,
     "full": sesscache_pb2.PERSON_VIEW_FULL,
@@ -63,7 +64,9 @@ ALL_REGIONS = "*"
 EntryOrderValue: TypeAlias = sesscache_pb2.CacheEntryOrder.ValueType
 #: The order of a cache listing: "stored" (oldest first), "hits" (most first), "size"
 #: (largest first), a ``CacheEntryOrder`` value, or ``None`` (stored).
-EntryOrderArg: TypeAlias = Literal["stored", "hits", "size"] | EntryOrderValue | None
+EntryOrderArg: TypeAlias = (
+    Literal["stored", "hits", "size"] | EntryOrderValue | CacheEntryOrder | None
+)
 _ORDERS: dict[str, EntryOrderValue] = {
     "stored": sesscache_pb2.CACHE_ENTRY_ORDER_STORED,
     "hits": sesscache_pb2.CACHE_ENTRY_ORDER_HITS,
@@ -74,7 +77,9 @@ EventTypeValue: TypeAlias = sesscache_pb2.CacheEventType.ValueType
 #: A cache event type: its lower-case name ("hit", "session_end", ...) or a
 #: ``CacheEventType`` value.
 EventTypeArg: TypeAlias = (
-    Literal["hit", "miss", "store", "invalidate", "evict", "expire", "session_end"] | EventTypeValue
+    Literal["hit", "miss", "store", "invalidate", "evict", "expire", "session_end"]
+    | EventTypeValue
+    | CacheEventType
 )
 _EVENT_TYPES: dict[str, EventTypeValue] = {
     name.removeprefix("CACHE_EVENT_TYPE_").lower(): value
@@ -160,7 +165,7 @@ def _view_value(view: PersonViewArg) -> PersonViewValue:
             raise InvalidArgument(
                 f"invalid view {view!r}", field_violations=[("view", "must be 'basic' or 'full'")]
             ) from None
-    return view
+    return sesscache_pb2.PersonView.ValueType(view)
 
 
 def _order_value(order_by: EntryOrderArg) -> EntryOrderValue:
@@ -174,7 +179,7 @@ def _order_value(order_by: EntryOrderArg) -> EntryOrderValue:
                 f"invalid order {order_by!r}",
                 field_violations=[("order_by", "must be 'stored', 'hits' or 'size'")],
             ) from None
-    return order_by
+    return sesscache_pb2.CacheEntryOrder.ValueType(order_by)
 
 
 def event_type_values(types: Iterable[EventTypeArg]) -> list[EventTypeValue]:
@@ -189,7 +194,7 @@ def event_type_values(types: Iterable[EventTypeArg]) -> list[EventTypeValue]:
                 )
             values.append(_EVENT_TYPES[value])
         else:
-            values.append(value)
+            values.append(sesscache_pb2.CacheEventType.ValueType(value))
     return values
 
 

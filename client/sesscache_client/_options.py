@@ -159,6 +159,9 @@ class Keepalive:
         return [
             ("grpc.keepalive_time_ms", round(self.time * 1000)),
             ("grpc.keepalive_timeout_ms", round(self.timeout * 1000)),
+            # What gRPC's HTTP/2 transport waits for the answer to a ping it sent
+            # (default 1 minute); keepalive_timeout_ms alone does not bound it.
+            ("grpc.http2.ping_timeout_ms", round(self.timeout * 1000)),
             ("grpc.keepalive_permit_without_calls", int(self.permit_without_calls)),
             # Keep pinging a quiet but open connection (gRPC's default stops after 2).
             ("grpc.http2.max_pings_without_data", 0),
