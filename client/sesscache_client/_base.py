@@ -7,7 +7,7 @@ from __future__ import annotations
 import abc
 import threading
 from collections.abc import Mapping
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
 import grpc
 
@@ -72,6 +72,8 @@ class BaseClient(abc.ABC, Generic[_Channel]):
         self._owns_channel = channel is None
         self._channel: _Channel = channel if channel is not None else self._connect(self._config)
         self._closed = False
+        #: The multicallables of the channel, by method path (see ``_unary_unary``).
+        self._callables: dict[str, Any] = {}
 
     @abc.abstractmethod
     def _connect(self, config: ClientConfig) -> _Channel:

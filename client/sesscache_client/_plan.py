@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import abc
 import dataclasses
-import functools
 import inspect
 from collections.abc import AsyncIterator, Callable, Coroutine, Generator, Iterable, Iterator
 from typing import (
@@ -232,17 +231,44 @@ class _Operation(Generic[_S, _P, _R]):
         self.__module__ = describe.__module__
         # What help() and inspect show for the bound method: the arguments after self.
         signature = inspect.signature(describe)
-        self.signature = signature.replace(parameters=list(signature.parameters.values())[1:])
+        self.signature = signature.replace(
+            parameters=list(signature.parameters.values())[1:],
+            return_annotation=inspect.Signature.empty,  # the result, or a coroutine of it
+        )
 
     def bind(self, obj: object, run: Callable[[_R], object]) -> Callable[..., object]:
-        describe = self.describe
+        return _Bound(self, obj, run)
 
-        @functools.wraps(describe)
-        def bound(*args: Any, **kwargs: Any) -> object:
-            return run(describe(obj, *args, **kwargs))  # type: ignore[arg-type]
 
-        bound.__signature__ = self.signature  # type: ignore[attr-defined]
-        return bound
+class _Bound:
+    """A described method bound to its client or session (cheap: made on each access)."""
+
+    __slots__ = ("_obj", "_operation", "_run")
+
+    def __init__(
+        self, operation: _Operation[Any, Any, Any], obj: object, run: Callable[[Any], object]
+    ) -> None:
+        self._operation = operation
+        self._obj = obj
+        self._run = run
+
+    def __call__(self, *args: Any, **kwargs: Any) -> object:
+        return self._run(self._operation.describe(self._obj, *args, **kwargs))
+
+    @property
+    def __doc__(self) -> str | None:  # type: ignore[override]
+        return self._operation.__doc__
+
+    @property
+    def __name__(self) -> str:
+        return self._operation.__name__
+
+    @property
+    def __signature__(self) -> inspect.Signature:
+        return self._operation.signature
+
+    def __repr__(self) -> str:
+        return f"<bound method {self._operation.__qualname__} of {self._obj!r}>"
 
 
 def _scope(obj: object) -> SyncScope | AsyncScope:
