@@ -17,11 +17,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import re
 import socket
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Coroutine, Iterator
 from concurrent import futures
+from pathlib import Path
 from typing import Any, TypeVar
 
 import grpc
@@ -533,3 +537,36 @@ def test_both_clients_have_the_same_calls() -> None:
     assert Client.__dict__.get("get_stats") is None, "inherited, not redefined"
     assert Client.get_stats is AsyncClient.get_stats
     assert Session.watch is AsyncSession.watch
+
+
+# The README's examples run as they are.
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _readme_examples() -> list[str]:
+    readme = (ROOT / "README.md").read_text()
+    section = readme.split("### The Python client library\n", 1)[1].split("\n## ", 1)[0]
+    return re.findall(r"```python\n(.*?)```", section, flags=re.DOTALL)
+
+
+def test_the_readme_examples_run(server: ServerThread, tmp_path: Path) -> None:
+    sync_example, async_example = _readme_examples()
+    outputs = []
+    for example in (sync_example, async_example):
+        code = example.replace("127.0.0.1:50051", server.target)
+        done = subprocess.run(
+            [sys.executable, "-c", code],
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        assert done.returncode == 0, done.stderr
+        outputs.append(done.stdout.splitlines())
+    sync_lines, async_lines = outputs
+    assert sync_lines[0] == "MISS HIT"
+    assert sync_lines[1].endswith(" local_session 1")
+    assert async_lines[0].startswith("MISS ")
+    assert async_lines[1:] == ["[1, 2, 3]", "SERVING 1"]
