@@ -23,7 +23,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Coroutine, Iterator
+from collections.abc import Callable, Coroutine, Iterator
 from concurrent import futures
 from pathlib import Path
 from typing import Any, TypeVar
@@ -51,6 +51,7 @@ from sesscache_client import (
 )
 from sesscache_client.v1 import sesscache_pb2, sesscache_pb2_grpc
 from tests.support.servers import ServerThread
+from tests.test_client_unit import _self_signed
 
 T = TypeVar("T")
 
@@ -263,6 +264,13 @@ def test_local_errors_and_an_unreachable_server() -> None:
             with pytest.raises(Unavailable) as down:
                 await client.health()
             assert down.value.connection_failed
+            # Leaving a session block: ending it fails UNAVAILABLE, which is let go;
+            # the block's own error is kept.
+            async with client.session():
+                pass
+            with pytest.raises(KeyError):
+                async with client.session():
+                    raise KeyError("the block's")
         with pytest.raises(RuntimeError, match="closed"):
             await client.health()
 
@@ -493,6 +501,38 @@ def test_an_injected_channel_takes_no_channel_options() -> None:
                 AsyncClient(channel=channel, root_certificates=b"pem")
         finally:
             await channel.close(None)
+
+    run(scenario())
+
+
+def test_mutual_tls(make_server: Callable[..., ServerThread], tmp_path: Path) -> None:
+    server_cert, server_key = _self_signed("localhost")
+    client_cert, client_key = _self_signed("sesscache client")
+    for name, data in [("server.pem", server_cert), ("server.key", server_key)]:
+        (tmp_path / name).write_bytes(data)
+    (tmp_path / "clients.pem").write_bytes(client_cert)
+    server = make_server(
+        f"sqlite:///{tmp_path / 'tls.db'}",
+        tls_cert=str(tmp_path / "server.pem"),
+        tls_key=str(tmp_path / "server.key"),
+        tls_client_ca=str(tmp_path / "clients.pem"),
+    )
+
+    async def scenario() -> None:
+        async with AsyncClient(
+            server.target,
+            timeout=30,
+            root_certificates=server_cert,
+            private_key=client_key,
+            certificate_chain=client_cert,
+        ) as member:
+            assert "tls=True" in repr(member)
+            assert await member.health() == "SERVING"
+            page = await member.query_persons(name="person 10")
+            assert [p.name for p in page.persons] == ["person 10"]
+        async with AsyncClient(server.target, timeout=10, root_certificates=server_cert) as anon:
+            with pytest.raises(Unavailable):
+                await anon.health()
 
     run(scenario())
 
