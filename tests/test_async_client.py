@@ -610,3 +610,13 @@ def test_the_readme_examples_run(server: ServerThread, tmp_path: Path) -> None:
     assert sync_lines[1].endswith(" local_session 1")
     assert async_lines[0].startswith("MISS ")
     assert async_lines[1:] == ["[1, 2, 3]", "SERVING 1"]
+
+
+def test_the_readme_names_the_retried_methods() -> None:
+    from sesscache_client._surface import RETRIED
+
+    readme = (ROOT / "README.md").read_text()
+    (row,) = [line for line in readme.splitlines() if line.startswith("| `retry_policy=None` |")]
+    reads = row.split("idempotent reads only (", 1)[1].split(")", 1)[0]
+    named = {name.strip(" `") for name in reads.split(",")}
+    assert named == {"health" if service.endswith("Health") else name for service, name in RETRIED}
