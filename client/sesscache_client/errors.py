@@ -228,7 +228,8 @@ def from_rpc_error(exc: grpc.RpcError, *, session_id: str | None = None) -> Sess
 
     ``session_id`` is the session the call was made in, if any; it only makes
     the message of :class:`SessionNotFound` more useful. The rich status
-    (``grpc-status-details-bin``) is read with grpc_status; a BadRequest detail
+    (``grpc-status-details-bin``) is read as grpc_status reads it, from a sync or a
+    grpc.aio error alike; a BadRequest detail
     becomes :attr:`InvalidArgument.field_violations`.
     """
     code = _code_of(exc)
