@@ -3,6 +3,10 @@
 ``Client`` connects to a server; ``Client.session()`` gives a ``Session`` whose calls
 share one server-side ORM session and cache. Sessions and the client also inspect
 the cache: statistics, invalidation, sessions, and live events (``EventStream``).
+``AsyncClient`` (grpc.aio) has the same calls as coroutines, with ``AsyncSession``
+and ``AsyncEventStream``. ``RetryPolicy`` and ``Keepalive`` are client options;
+``CacheStatus``, ``CacheEventType``, ``PersonView`` and ``CacheEntryOrder`` name
+the ints of the proto's enum fields.
 Failed calls raise the exceptions of ``sesscache_client.errors`` (all subclasses of
 ``SesscacheError``). ``sesscache`` (or ``python -m sesscache_client``) is the command line
 tool (see ``sesscache_client.cli``).
@@ -17,11 +21,21 @@ from sesscache_client._client import (
     SERVICE_NAME,
     SESSION_ID_METADATA_KEY,
     SHARED_REGION,
+    AsyncClient,
+    AsyncEventStream,
+    AsyncSession,
+    AsyncWatch,
+    CacheEntryOrder,
+    CacheEventType,
+    CacheStatus,
     Client,
     EntryOrderArg,
     EventStream,
     EventTypeArg,
+    Keepalive,
+    PersonView,
     PersonViewArg,
+    RetryPolicy,
     Session,
     cache_digest,
     enum_name,
@@ -58,16 +72,26 @@ __all__ = [
     "SHARED_REGION",
     "Aborted",
     "AlreadyExists",
+    "AsyncClient",
+    "AsyncEventStream",
+    "AsyncSession",
+    "AsyncWatch",
+    "CacheEntryOrder",
+    "CacheEventType",
+    "CacheStatus",
     "Client",
     "DeadlineExceeded",
     "EntryOrderArg",
     "EventStream",
     "EventTypeArg",
     "InvalidArgument",
+    "Keepalive",
     "NotFound",
     "PermissionDenied",
+    "PersonView",
     "PersonViewArg",
     "ResourceExhausted",
+    "RetryPolicy",
     "ServerError",
     "SesscacheError",
     "Session",

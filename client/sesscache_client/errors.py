@@ -1,8 +1,9 @@
 """Exceptions raised by the sesscache client, and the one place gRPC errors become them.
 
-Every call of :class:`client.Client` and :class:`client.Session` that fails with a
-gRPC status raises one of these, never a bare :class:`grpc.RpcError` (the original
-error is chained as ``__cause__``). :func:`from_rpc_error` does the mapping.
+Every call of :class:`~sesscache_client.Client`, :class:`~sesscache_client.AsyncClient`
+and their sessions that fails with a gRPC status raises one of these, never a bare
+:class:`grpc.RpcError` (the original error is chained as ``__cause__``).
+:func:`from_rpc_error` does the mapping, the same for both clients.
 
 Exception tree::
 
@@ -30,13 +31,13 @@ Exception tree::
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
-from typing import ClassVar
+from collections.abc import Iterable, Sequence
+from typing import Any, ClassVar
 
 import grpc
-from google.protobuf import any_pb2
+import grpc.aio
+from google.protobuf import any_pb2, message
 from google.rpc import error_details_pb2, status_pb2
-from grpc_status import rpc_status
 
 __all__ = [
     "Aborted",
@@ -277,7 +278,8 @@ def from_rpc_error(exc: grpc.RpcError, *, session_id: str | None = None) -> Sess
 
     ``session_id`` is the session the call was made in, if any; it only makes
     the message of :class:`SessionNotFound` more useful. The rich status
-    (``grpc-status-details-bin``) is read with grpc_status; a BadRequest detail
+    (``grpc-status-details-bin``) is read as grpc_status reads it, from a sync or a
+    grpc.aio error alike; a BadRequest detail
     becomes :attr:`InvalidArgument.field_violations`.
     """
     code = _code_of(exc)
@@ -319,15 +321,30 @@ def _message_of(exc: grpc.RpcError, code: grpc.StatusCode) -> str:
     return code.name.lower().replace("_", " ")
 
 
+#: The trailing metadata key of the rich status (google.rpc.Status), as grpc_status reads it.
+_DETAILS_KEY = "grpc-status-details-bin"
+
+
 def _rich_status_of(exc: grpc.RpcError) -> status_pb2.Status | None:
-    if not isinstance(exc, grpc.Call):
+    # A sync call's error is its grpc.Call; grpc.aio's AioRpcError has the same
+    # code(), details() and trailing_metadata(), as plain methods: one reading for both.
+    if not isinstance(exc, grpc.Call | grpc.aio.AioRpcError):
         return None
-    try:
-        status: status_pb2.Status | None = rpc_status.from_call(exc)
-    except ValueError:
-        # The rich status contradicts the call's own code or message: ignore it.
-        return None
-    return status
+    # (key, value) pairs: _Metadatum tuples (sync) or a grpc.aio.Metadata (async).
+    trailing: Iterable[Any] = exc.trailing_metadata() or ()
+    for key, value in trailing:
+        if key != _DETAILS_KEY or not isinstance(value, bytes):
+            continue
+        try:
+            status = status_pb2.Status.FromString(value)
+        except message.DecodeError:
+            return None
+        if status.code != exc.code().value[0] or status.message != exc.details():
+            # The rich status contradicts the call's own code or message: ignore it
+            # (grpc_status.rpc_status.from_call refuses it too).
+            return None
+        return status
+    return None
 
 
 def _field_violations(details: Sequence[any_pb2.Any]) -> list[tuple[str, str]]:
