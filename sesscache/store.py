@@ -73,9 +73,13 @@ MISS_REASON_OF: Mapping[RemovalReason, MissReason] = {
 }
 
 
+#: Characters of a key's digest.
+DIGEST_LENGTH = 12
+
+
 def digest_of(key: str) -> str:
     """The short, stable digest of a cache key (12 hex characters)."""
-    return hashlib.blake2b(key.encode(), digest_size=6).hexdigest()
+    return hashlib.blake2b(key.encode(), digest_size=DIGEST_LENGTH // 2).hexdigest()
 
 
 @dataclass(frozen=True, slots=True)

@@ -53,7 +53,13 @@ from sesscache_client._common import (
     validate_session_id,
     with_default_port,
 )
-from sesscache_client._enums import CacheEntryOrder, CacheEventType, CacheStatus, PersonView
+from sesscache_client._enums import (
+    CacheEntryOrder,
+    CacheEventType,
+    CacheStatus,
+    MissReason,
+    PersonView,
+)
 from sesscache_client._options import Keepalive, RetryPolicy
 from sesscache_client._sync import Client, EventStream, Session
 
@@ -78,6 +84,7 @@ __all__ = [
     "EventStream",
     "EventTypeArg",
     "Keepalive",
+    "MissReason",
     "PersonView",
     "PersonViewArg",
     "RetryPolicy",

@@ -109,3 +109,8 @@ class CacheEntryOrder(ProtoEnum, proto=sesscache_pb2.CacheEntryOrder):
 
 class CacheEventType(ProtoEnum, proto=sesscache_pb2.CacheEventType):
     """The type of a cache event: HIT, MISS, STORE, INVALIDATE, EVICT, EXPIRE, SESSION_END."""
+
+
+class MissReason(ProtoEnum, proto=sesscache_pb2.MissReason):
+    """Why a lookup missed: NEW_SESSION, NEVER_STORED, EVICTED, EXPIRED, INVALIDATED,
+    CHANGED, FAILED, SESSION_ENDED."""

@@ -61,6 +61,13 @@ WATCH_CACHE_EVENTS = method(_SERVICE, "WatchCacheEvents", pb.WatchCacheEventsReq
 CREATE_PERSON = method(_SERVICE, "CreatePerson", pb.CreatePersonRequest, pb.Person)
 UPDATE_PERSON = method(_SERVICE, "UpdatePerson", pb.UpdatePersonRequest, pb.Person)
 DELETE_PERSON = method(_SERVICE, "DeletePerson", pb.DeletePersonRequest, pb.DeletePersonResponse)
+EXPLAIN_CACHE_KEY = method(
+    _SERVICE,
+    "ExplainCacheKey",
+    pb.ExplainCacheKeyRequest,
+    pb.ExplainCacheKeyResponse,
+    idempotent=True,
+)
 
 #: Every method the client calls.
 METHODS = (
@@ -78,6 +85,7 @@ METHODS = (
     CREATE_PERSON,
     UPDATE_PERSON,
     DELETE_PERSON,
+    EXPLAIN_CACHE_KEY,
 )
 #: The (service, method) names a retry policy applies to: the idempotent reads.
 RETRIED: tuple[tuple[str, str], ...] = tuple((m.service, m.name) for m in METHODS if m.idempotent)
@@ -307,6 +315,14 @@ class SessionCalls(_Queries):
         """
         request = keys_request(page_size=page_size, region=region, entity=entity, order_by=order_by)
         return (yield from Paging(LIST_CACHE_KEYS, request, self.id, _entries).collect())
+
+    @rpc
+    def explain_cache_key(self, key_or_digest: str) -> Plan[pb.ExplainCacheKeyResponse]:
+        """Whether this session's cache holds ``key_or_digest`` (a key, or an entry's
+        digest) and, if not, why (``miss.reason``: never stored, evicted, expired,
+        invalidated, changed...). Counts no hit. Raises :class:`SessionNotFound`."""
+        request = pb.ExplainCacheKeyRequest(key=key_or_digest)
+        return (yield from unary(EXPLAIN_CACHE_KEY, request, self.id))
 
     @rpc
     def reset_stats(self) -> Plan[pb.CacheStats]:

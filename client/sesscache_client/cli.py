@@ -303,6 +303,8 @@ def cmd_query(client: Client, args: argparse.Namespace) -> int:
     if not args.long and len(key) > KEY_PREVIEW:
         key = key[:KEY_PREVIEW] + "..."
     digest = cache_digest(response.cache_key) if response.cache_key else "-"
+    if response.HasField("miss"):
+        print(f"miss: {miss_text(response.miss)}")
     print(
         f"cache: {_cache_status_name(response.cache_status)}  "
         f"sql statements: {response.sql_statements}  digest: {digest}  key: {key or '-'}"
@@ -310,6 +312,34 @@ def cmd_query(client: Client, args: argparse.Namespace) -> int:
     if response.next_page_token:
         print(f"next page token: {response.next_page_token}")
     return EXIT_OK
+
+
+def miss_text(miss: sesscache_pb2.MissInfo) -> str:
+    """Why a lookup missed, in words: "evicted at 12:00:01", "changed by change 42 ..."."""
+    reason = sesscache_pb2.MissReason.Name(miss.reason).removeprefix("MISS_REASON_")
+    text = reason.lower().replace("_", " ")
+    if miss.change_id:
+        text += f" by change {miss.change_id}"
+    if miss.detail:
+        text += f" ({miss.detail})"
+    if miss.HasField("removed"):
+        text += " at " + miss.removed.ToDatetime().strftime("%Y-%m-%d %H:%M:%S UTC")
+    return text
+
+
+def cmd_explain(client: Client, args: argparse.Namespace) -> int:
+    """Say whether a session's cache holds a key (or digest), and if not, why.
+
+    Exit status 3 when it is not cached (like 'invalidate' finding nothing)."""
+    response = client.session(args.session).explain_cache_key(args.key)
+    if args.json:
+        _print_json(_as_dict(response))
+    elif response.cached:
+        entry = response.entry
+        print(f"cached: {entry.digest}  rows: {entry.rows}  hits: {entry.hits}")
+    else:
+        print(f"not cached: {miss_text(response.miss)}")
+    return EXIT_OK if response.cached else EXIT_NOT_FOUND
 
 
 def _person_rows(persons: Iterable[sesscache_pb2.Person]) -> list[list[str]]:
@@ -905,6 +935,17 @@ def _add_query_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentPa
     parser.set_defaults(handler=cmd_query)
 
 
+def _add_explain_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    parser = subparsers.add_parser(
+        "explain",
+        help="whether a session's cache holds a key, and if not why",
+        description=cmd_explain.__doc__,
+    )
+    parser.add_argument("--session", metavar="ID", required=True, help="session id")
+    parser.add_argument("key", help="a cache key or an entry's digest (see 'query' and 'keys')")
+    parser.set_defaults(handler=cmd_explain)
+
+
 def _add_keys_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     parser = subparsers.add_parser(
         "keys", help="list the entries of a session's cache", description=cmd_keys.__doc__
@@ -1132,6 +1173,7 @@ def build_parser() -> argparse.ArgumentParser:
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     _add_query_parser(subparsers)
     _add_keys_parser(subparsers)
+    _add_explain_parser(subparsers)
     _add_end_parser(subparsers)
     _add_health_parser(subparsers)
     _add_info_parser(subparsers)

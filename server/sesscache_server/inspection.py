@@ -21,10 +21,11 @@ from collections.abc import Mapping
 
 from google.protobuf.timestamp_pb2 import Timestamp
 
+from sesscache.caching import CachedResult
 from sesscache.events import REMOVAL_EVENTS, Event, EventBus, EventType
 from sesscache.registry import EndReason, ScopeKey, SessionRegistry, SessionState
 from sesscache.stats import REMOVAL_COUNTERS, Counters, Snapshot
-from sesscache.store import Entry, RemovalReason, SessionStore, digest_of
+from sesscache.store import Entry, Miss, MissReason, RemovalReason, SessionStore, digest_of
 from sesscache.v1 import sesscache_pb2 as pb
 from sesscache_server.calls import Label
 
@@ -122,13 +123,32 @@ def entry_message(entry: Entry, *, live_objects: int = 0) -> pb.CacheEntry:
         hits=entry.hits,
         size_bytes=entry.size,
         live_objects=live_objects,
-        sql_statements=getattr(entry.value.payload, "sql_statements", 0),
+        sql_statements=(
+            entry.payload.sql_statements if isinstance(entry.payload, CachedResult) else 0
+        ),
     )
     expires_in = entry.expires_in()
     if expires_in is None:
         message.no_expiry = True
     else:
         message.expires_in.FromNanoseconds(int(max(expires_in, 0.0) * 1e9))
+    return message
+
+
+#: The wire value of each miss reason: ``MISS_REASON_<NAME>``, by name.
+MISS_REASONS: Mapping[MissReason, pb.MissReason.ValueType] = {
+    reason: pb.MissReason.Value(f"MISS_REASON_{reason.name}") for reason in MissReason
+}
+
+
+def miss_message(miss: Miss) -> pb.MissInfo:
+    """The MissInfo message for a store's answer to a lookup that missed."""
+    message = pb.MissInfo(reason=MISS_REASONS[miss.reason])
+    removal = miss.removal
+    if removal is not None:
+        message.removed.CopyFrom(timestamp(removal.at))
+        message.change_id = removal.change
+        message.detail = removal.detail
     return message
 
 

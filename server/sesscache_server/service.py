@@ -33,6 +33,7 @@ from sesscache.queries import PersonQuery
 from sesscache.registry import SessionRegistry
 from sesscache.store import Hit, Miss, RemovalReason, value_size
 from sesscache.v1 import sesscache_pb2 as pb
+from sesscache_server.inspection import miss_message
 from sesscache_server.paging import PageTokens
 from sesscache_server.requests import PersonsRequest, persons_next_token
 
@@ -147,6 +148,8 @@ class PersonService:
         response.cache_key = key
         hit = isinstance(found, Hit)
         response.cache_status = pb.CACHE_STATUS_HIT if hit else pb.CACHE_STATUS_MISS
+        if isinstance(found, Miss):
+            response.miss.CopyFrom(miss_message(found))
         if not hit:
             # Stored by this call: what a hit saves is everything the call emitted,
             # lazy loads of the rendering included.
@@ -158,6 +161,7 @@ class PersonService:
             rendered.CopyFrom(response)
             rendered.cache_status = pb.CACHE_STATUS_HIT
             rendered.sql_statements = 0
+            rendered.ClearField("miss")
             # Shared by every hit of the entry: never changed once made.
             payload.renderings[RESPONSE_RENDERING] = rendered
             store.grow(entry, message_size(rendered))

@@ -34,7 +34,15 @@ from sesscache.core import CacheCore
 from sesscache.memo import Memo
 from sesscache.regions import LOCAL_REGION, SHARED_REGION, clear_shared, shared_entries
 from sesscache.registry import ScopeKey, SessionRegistry, SessionState
-from sesscache.store import Entry, RemovalReason, SessionStore
+from sesscache.store import (
+    DIGEST_LENGTH,
+    MISS_REASON_OF,
+    Entry,
+    Miss,
+    MissReason,
+    RemovalReason,
+    SessionStore,
+)
 from sesscache.v1 import sesscache_pb2 as pb
 from sesscache.v1 import sesscache_pb2_grpc as pb_grpc
 from sesscache_server import requests, writes
@@ -54,6 +62,7 @@ from sesscache_server.inspection import (
     entry_message,
     event_message,
     limits_hit,
+    miss_message,
     server_totals,
     session_message,
     stats_message,
@@ -594,6 +603,35 @@ class SessionCacheServicer(pb_grpc.SessionCacheServicer):
         async with self._session(session_id, context) as state:
             done = await self.core.run(state, work, argument)
         return done.person
+
+    # -- why a miss -----------------------------------------------------------------
+
+    async def ExplainCacheKey(
+        self, request: pb.ExplainCacheKeyRequest, context: Context
+    ) -> pb.ExplainCacheKeyResponse:
+        target = request.WhichOneof("target")
+        if target is None:
+            raise InvalidArgument.field("target", "set one of key or query")
+        if target == "key" and not request.key:
+            raise InvalidArgument.field("key", "must not be empty")
+        if len(request.key) > requests.MAX_KEY:
+            raise InvalidArgument.field("key", f"at most {requests.MAX_KEY} characters")
+        query = requests.persons_request(request.query, self.tokens) if target == "query" else None
+        session_id = self._session_id(context)
+        if session_id is None:
+            raise NotFound("ExplainCacheKey looks at the caller's session: send its 'session-id'")
+        async with self._session(session_id, context, create=False) as state:
+            key = self.service.key_of(query) if query is not None else request.key
+            store = self.registry.store_of(state)
+            if store is None:
+                return pb.ExplainCacheKeyResponse(miss=miss_message(Miss(MissReason.NEW_SESSION)))
+            entry = store.peek(key) or next((e for e in store if e.digest == key), None)
+            expires_in = entry.expires_in() if entry is not None else None
+            if entry is not None and (expires_in is None or expires_in > 0):
+                return pb.ExplainCacheKeyResponse(cached=True, entry=entry_message(entry))
+            removal = store.removals.get(key) if len(key) == DIGEST_LENGTH else None
+            miss = Miss(MISS_REASON_OF[removal.reason], removal) if removal else None
+            return pb.ExplainCacheKeyResponse(miss=miss_message(miss or store.why_missing(key)))
 
     @staticmethod
     def _require_writer(what: str) -> None:
