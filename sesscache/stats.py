@@ -21,16 +21,21 @@ from dataclasses import dataclass, field, replace
 
 from sesscache.store import RemovalReason
 
-FIELDS = (
-    "hits",
-    "misses",
-    "stores",
-    "evictions",
-    "expirations",
-    "invalidations",
-    "sql_statements",
-    "sql_statements_saved",
-)
+#: Every counter, with what it counts: the one list. :class:`Snapshot` and
+#: :class:`Counters` have these fields, the wire's ``CacheStats`` has them by
+#: the same names, and the metrics are ``sesscache_cache_<name>_total``
+#: (tests/test_stats.py holds them to it).
+COUNTERS: Mapping[str, str] = {
+    "hits": "Session cache hits",
+    "misses": "Session cache misses",
+    "stores": "Entries stored in session caches",
+    "evictions": "Entries evicted by per-session limits",
+    "expirations": "Entries dropped after expiring",
+    "invalidations": "Entries removed by Invalidate, a write or a committed change",
+    "sql_statements": "SQL statements emitted by calls",
+    "sql_statements_saved": "SQL statements saved by hits",
+}
+FIELDS = tuple(COUNTERS)
 
 #: The counter each way out of a cache counts in (session ends count nothing).
 REMOVAL_COUNTERS: Mapping[RemovalReason, str] = {

@@ -24,7 +24,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from sesscache.caching import CachedResult
 from sesscache.events import REMOVAL_EVENTS, Event, EventBus, EventType
 from sesscache.registry import EndReason, ScopeKey, SessionRegistry, SessionState
-from sesscache.stats import REMOVAL_COUNTERS, Counters, Snapshot
+from sesscache.stats import FIELDS, REMOVAL_COUNTERS, Counters, Snapshot
 from sesscache.store import Entry, Miss, MissReason, RemovalReason, SessionStore, digest_of
 from sesscache.v1 import sesscache_pb2 as pb
 from sesscache_server.calls import Label
@@ -163,14 +163,7 @@ def stats_message(
 ) -> pb.CacheStats:
     return pb.CacheStats(
         limits_hit=limits_hit,
-        hits=counters.hits,
-        misses=counters.misses,
-        stores=counters.stores,
-        evictions=counters.evictions,
-        expirations=counters.expirations,
-        invalidations=counters.invalidations,
-        sql_statements=counters.sql_statements,
-        sql_statements_saved=counters.sql_statements_saved,
+        **{name: getattr(counters, name) for name in FIELDS},
         hit_ratio=counters.hit_ratio,
         entries=entries,
         size_bytes=size_bytes,

@@ -20,18 +20,8 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from sesscache.registry import SessionRegistry
+from sesscache.stats import COUNTERS
 from sesscache_server.inspection import Inspector, limits_hit, server_totals
-
-_COUNTERS = {
-    "hits": "Session cache hits",
-    "misses": "Session cache misses",
-    "stores": "Entries stored in session caches",
-    "evictions": "Entries evicted by per-session limits",
-    "expirations": "Entries dropped after expiring",
-    "invalidations": "Entries removed by Invalidate",
-    "sql_statements": "SQL statements emitted by calls",
-    "sql_statements_saved": "SQL statements saved by hits",
-}
 
 
 class CacheCollector(Collector):
@@ -43,7 +33,7 @@ class CacheCollector(Collector):
 
     def collect(self) -> Iterator[Any]:
         totals = self.inspector.counters.totals()
-        for name, documentation in _COUNTERS.items():
+        for name, documentation in COUNTERS.items():
             family = CounterMetricFamily(f"sesscache_cache_{name}", documentation)
             family.add_metric([], getattr(totals, name))
             yield family

@@ -1,0 +1,24 @@
+"""The counters are listed once (sesscache.stats.COUNTERS); everything else has them."""
+
+from __future__ import annotations
+
+from dataclasses import fields
+
+from sesscache.stats import COUNTERS, FIELDS, Counters, Snapshot
+from sesscache.v1 import sesscache_pb2 as pb
+
+
+def test_every_place_has_the_counters_of_the_one_list() -> None:
+    assert tuple(COUNTERS) == FIELDS
+    assert tuple(f.name for f in fields(Snapshot) if f.name != "since") == FIELDS
+    assert tuple(f.name for f in fields(Counters) if f.init and f.name[0] != "_")[:-1] == FIELDS
+    wire = {f.name for f in pb.CacheStats.DESCRIPTOR.fields}
+    assert set(FIELDS) <= wire
+
+
+def test_counters_count_and_reset() -> None:
+    counters = Counters()
+    counters.add(hits=2, misses=1)
+    assert counters.snapshot().hit_ratio == 2 / 3
+    before = counters.reset()
+    assert (before.hits, counters.snapshot().hits, counters.totals().hits) == (2, 0, 2)
