@@ -5,29 +5,42 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 PY     := $(BIN)/python
-STAMP  := $(VENV)/.installed
+# Two stamps: `make run` needs only the runtime list and the project
+# (RUN_STAMP); `make test` adds the development tools (DEV_STAMP).
+RUN_STAMP := $(VENV)/.installed-run
+DEV_STAMP := $(VENV)/.installed-dev
 PROTO  := protos/sesscache/v1/sesscache.proto
 STUBS  := sesscache_pb2.py sesscache_pb2.pyi sesscache_pb2_grpc.py sesscache_pb2_grpc.pyi
 GEN    := $(addprefix sesscache/v1/,$(STUBS)) $(addprefix client/sesscache_client/v1/,$(STUBS))
 PYTEST_ARGS ?=
 
-.PHONY: all setup node-deps proto run test lint typecheck pytest bench soak scale-demo clean
+.PHONY: all setup setup-run node-deps proto run test lint typecheck pytest bench soak scale-demo clean
 
 all: test
 
-setup: $(STAMP) $(GEN)
+setup: $(DEV_STAMP) $(GEN)
 
-# The virtual environment, rebuilt when a pinned list changes.
-$(STAMP): requirements.txt requirements-dev.txt pyproject.toml client/pyproject.toml
+setup-run: $(RUN_STAMP)
+
+# What serving needs: the pinned runtime list, then the project and the client,
+# editable. Their build hooks (setup.py) generate the stubs in place; the
+# generator's tools go into pip's temporary build environment, not the venv.
+# Redone when a pinned list, a build file or the proto changes.
+$(RUN_STAMP): requirements.txt pyproject.toml setup.py client/pyproject.toml client/setup.py \
+              client/stubs.py $(PROTO)
 	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --disable-pip-version-check -r requirements.txt
+	$(BIN)/pip install --quiet --disable-pip-version-check --no-deps -e . -e ./client
+	touch $@
+
+# The development and test tools on top (mypy, ruff, hypothesis, pytest, ...).
+$(DEV_STAMP): $(RUN_STAMP) requirements-dev.txt
 	$(BIN)/pip install --quiet --disable-pip-version-check -r requirements-dev.txt
-	$(BIN)/pip install --quiet --disable-pip-version-check --no-deps --no-build-isolation \
-	    -e . -e ./client
 	touch $@
 
 # Python stubs for protos/, with mypy stubs: the server's (`sesscache.v1`) and
 # the client's copy (`sesscache_client.v1`), by the generator the builds use.
-$(GEN) &: $(PROTO) $(STAMP) client/stubs.py
+$(GEN) &: $(PROTO) $(DEV_STAMP) client/stubs.py
 	$(PY) client/stubs.py protos . sesscache.v1 >/dev/null
 	$(PY) client/stubs.py protos client sesscache_client.v1 >/dev/null
 
@@ -51,12 +64,12 @@ $(NODE_STAMP): $(NODE_DIR)/package.json
 	    touch node_modules/.installed; \
 	fi
 
-proto: $(STAMP)
+proto: $(DEV_STAMP)
 	rm -f $(GEN)
 	$(MAKE) $(GEN)
 
-run: setup
-	$(PY) -m sesscache_server $(ARGS)
+run: setup-run
+	$(BIN)/sesscache-server $(ARGS)
 
 lint: setup
 	$(BIN)/ruff check .

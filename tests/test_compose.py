@@ -5,8 +5,10 @@
 - Every ``SESSCACHE_*`` variable the compose file or the Dockerfile sets is one
   the server reads, and the container's settings load (``server.config.load``).
 - The Dockerfile: slim Python 3.11, multi-stage, non-root, SIGTERM, health
-  check, a volume for the SQLite data, the gRPC and metrics ports, the
-  Makefile's protoc command, exactly the pinned runtime list.
+  check, a volume for the SQLite data, the gRPC and metrics ports; it builds
+  the two wheels (their build hook generates the stubs) and installs them over
+  exactly the pinned runtime list; the image runs the installed commands
+  (``sesscache-server``, ``sesscache``), with no source tree.
 - One image: ``server`` builds it; ``client`` and ``replica`` only name it.
 - The server's metrics port (``SESSCACHE_HTTP_LISTEN``) is on and published
   on loopback.
@@ -19,7 +21,8 @@
   ``127.0.0.1:0`` (the port is read from the log), so does the metrics
   port ``0.0.0.0:9464`` (then ``/metrics`` is read), ``server:50051`` and the
   health check's ``127.0.0.1:50051`` become the real address, ``python`` is
-  this interpreter, and ``/data`` a temporary directory. The compose file's
+  this interpreter, ``sesscache`` and ``sesscache-server`` are the commands
+  installed beside it, and ``/data`` a temporary directory. The compose file's
   PostgreSQL user, password and database are created on the test cluster.
 """
 
@@ -55,7 +58,6 @@ from tests.support.servers import ROOT, ServerProcess
 COMPOSE_FILE = ROOT / "docker-compose.yml"
 DOCKERFILE = ROOT / "Dockerfile"
 DOCKERIGNORE = ROOT / ".dockerignore"
-MAKEFILE = ROOT / "Makefile"
 REQUIREMENTS = ROOT / "requirements.txt"
 
 CONTAINER_PORT = 50051
@@ -196,10 +198,25 @@ def healthcheck_command(svc: Mapping[str, Any]) -> list[str]:
     return exec_form(test[1:], "healthcheck")
 
 
+def installed_commands() -> set[str]:
+    """The console scripts of the two distributions (``sesscache``, ``sesscache-server``)."""
+    return {
+        entry.name
+        for dist in ("sesscache", "sesscache-client")
+        for entry in importlib.metadata.distribution(dist).entry_points
+        if entry.group == "console_scripts"
+    }
+
+
 def native(argv: list[str], replacements: Mapping[str, str]) -> list[str]:
-    """``argv`` run here: ``python`` is this interpreter; container addresses replaced."""
-    assert argv[0] == "python", f"expected the image's python, got {argv[0]!r}"
-    return [sys.executable, *(replacements.get(part, part) for part in argv[1:])]
+    """``argv`` run here: ``python`` is this interpreter, a command the one installed
+    beside it (by the same distributions as in the image); container addresses replaced."""
+    if argv[0] == "python":
+        program = sys.executable
+    else:
+        assert argv[0] in installed_commands(), f"{argv[0]!r} is not a command of the wheels"
+        program = str(Path(sys.executable).parent / argv[0])
+    return [program, *(replacements.get(part, part) for part in argv[1:])]
 
 
 def collapse(text: str) -> str:
@@ -245,9 +262,7 @@ def test_server_service() -> None:
         f"127.0.0.1:{METRICS_PORT}:{METRICS_PORT}",
     ]
     assert healthcheck_command(server) == [
-        "python",
-        "-m",
-        "sesscache_client",
+        "sesscache",
         "--target",
         HEALTH_TARGET,
         "--timeout",
@@ -303,8 +318,8 @@ def test_server_settings_in_the_container() -> None:
     """The settings the container's server loads: PostgreSQL, all interfaces, a drain."""
     server = service("server")
     command = service_command(server)
-    assert command[:3] == ["python", "-m", "sesscache_server"]
-    settings = config.load(command[3:], environ=container_env(server))
+    assert command[0] == "sesscache-server"
+    settings = config.load(command[1:], environ=container_env(server))
     assert settings.listen == f"0.0.0.0:{CONTAINER_PORT}"
     url = make_url(settings.database_url)
     assert url.drivername == "postgresql+psycopg"
@@ -341,32 +356,42 @@ def test_dockerfile_image() -> None:
     volume_at = keywords.index(("VOLUME", only(stage, "VOLUME")))
     chown_at = next(n for n, (k, a) in enumerate(keywords) if k == "RUN" and "chown" in a)
     assert chown_at < volume_at
-    assert exec_form(only(stage, "CMD"), "CMD") == ["python", "-m", "sesscache_server"]
+    assert exec_form(only(stage, "CMD"), "CMD") == ["sesscache-server"]
     health = only(stage, "HEALTHCHECK")
     options, _, command = health.partition(" CMD ")
     assert options.startswith("--")
     assert exec_form(command, "HEALTHCHECK") == healthcheck_command(service("server"))
 
 
-def test_dockerfile_installs_exactly_the_runtime_list() -> None:
-    """The runtime venv gets requirements.txt alone; the stub tools stay in the builder."""
+def test_dockerfile_installs_the_two_wheels_over_exactly_the_runtime_list() -> None:
+    """The builder builds both wheels (the stub tools stay in pip's build environment), then
+    the runtime venv gets requirements.txt alone and the wheels, with no dependency resolved;
+    the final image has that venv and no source tree."""
     builder = dockerfile_stages()[1]
-    runs = " ".join(i.arguments for i in builder if i.keyword == "RUN")
-    assert "/opt/venv/bin/pip install --no-deps -r requirements.txt" in runs
-    assert "/opt/venv/bin/pip check" in runs
-    assert "grep -E '^(grpcio-tools|mypy-protobuf)==' requirements-dev.txt" in runs
+    runs = [i.arguments for i in builder if i.keyword == "RUN"]
+    steps = [
+        "/opt/venv/bin/pip install --no-deps -r requirements.txt",
+        "pip wheel --no-deps --wheel-dir /wheels . ./client",
+        "/opt/venv/bin/pip install --no-deps /wheels/*.whl",
+        "/opt/venv/bin/pip check",
+    ]
+    joined = " ; ".join(runs)
+    positions = [joined.find(step) for step in steps]
+    assert all(at >= 0 for at in positions), dict(zip(steps, positions, strict=True))
+    assert positions == sorted(positions), "install the list, build, install the wheels, check"
+    # The stubs come from the wheels' build hook, not from a step of the Dockerfile.
+    assert not [run for run in runs if "stubs.py" in run]
+    copied_in = " ".join(i.arguments for i in builder if i.keyword == "COPY")
+    for needed in ("pyproject.toml", "setup.py", "MANIFEST.in", "README.md", "protos/", "client/"):
+        assert needed in copied_in, needed
     copied = [i.arguments for i in final_stage() if i.keyword == "COPY"]
-    assert "--from=builder /opt/venv /opt/venv" in copied
-    assert not any("/opt/codegen" in c for c in copied)
-    for folder in ("protos", "sesscache", "server", "client"):
-        assert f"--from=builder /src/{folder} {folder}/" in copied
-
-
-def test_dockerfile_generates_stubs_like_the_makefile() -> None:
-    for package, out in (("sesscache.v1", "."), ("sesscache_client.v1", "client")):
-        call = f"client/stubs.py protos {out} {package}"
-        assert call in collapse(MAKEFILE.read_text(encoding="utf-8"))
-        assert call in collapse(DOCKERFILE.read_text(encoding="utf-8"))
+    assert copied == ["--from=builder /opt/venv /opt/venv"]
+    assert "PYTHONPATH" not in dockerfile_env()
+    commands = [
+        exec_form(only(final_stage(), "CMD"), "CMD"),
+        healthcheck_command(service("server")),
+    ]
+    assert {command[0] for command in commands} <= installed_commands()
 
 
 def test_runtime_requirements_are_complete() -> None:
@@ -403,8 +428,9 @@ def test_dockerignore_keeps_the_context_small() -> None:
     expected = {".git", ".venv", "data", "tests", ".mypy_cache", ".pytest_cache", ".ruff_cache"}
     assert expected <= patterns, expected - patterns
     assert "**/__pycache__" in patterns
-    for needed in ("requirements.txt", "requirements-dev.txt", "protos", "sesscache"):
-        assert needed not in patterns
+    needed = ("requirements.txt", "protos", "sesscache", "pyproject.toml", "setup.py", "README.md")
+    for name in (*needed, "MANIFEST.in", "client/setup.py", "client/stubs.py"):
+        assert name not in patterns
     assert not {"server", "client"} & patterns
 
 

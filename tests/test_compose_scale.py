@@ -115,10 +115,10 @@ def test_replica_is_the_server_image_scaled() -> None:
 def test_replica_settings_share_database_region_and_page_tokens() -> None:
     replica = service("replica")
     command = service_command(replica)
-    assert command[:3] == ["python", "-m", "sesscache_server"]
-    settings = config.load(command[3:], environ=container_env(replica))
+    assert command[0] == "sesscache-server"
+    settings = config.load(command[1:], environ=container_env(replica))
     standalone = config.load(
-        service_command(service("server"))[3:], environ=container_env(service("server"))
+        service_command(service("server"))[1:], environ=container_env(service("server"))
     )
     assert settings.listen == f"0.0.0.0:{CONTAINER_PORT}"
     assert settings.database_url == standalone.database_url

@@ -1145,7 +1145,7 @@ def _add_info_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentPar
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the tool, one subparser per command."""
     parser: argparse.ArgumentParser = _Parser(
-        prog="python -m sesscache_client",
+        prog="sesscache",
         description="Query a sesscache server and inspect its session caches.",
         epilog=_exit_codes_epilog(),
         formatter_class=argparse.RawDescriptionHelpFormatter,

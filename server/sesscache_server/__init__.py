@@ -1,4 +1,4 @@
-"""The sesscache gRPC server: ``python -m sesscache_server`` (or ``make run``).
+"""The sesscache gRPC server: ``sesscache-server`` (``python -m sesscache_server``, ``make run``).
 
 - :mod:`sesscache_server.app`: building the server and ``serve()``, with graceful
   shutdown; :mod:`sesscache_server.config`: its settings.

@@ -278,7 +278,7 @@ def _converter(kind: Any) -> Any:
 def parser() -> argparse.ArgumentParser:
     """The command-line parser; each flag's default comes from its variable."""
     result = argparse.ArgumentParser(
-        prog="python -m sesscache_server",
+        prog="sesscache-server",
         description="sesscache gRPC server: ORM queries through a session-local cache.",
     )
     result.add_argument("--version", action="version", version=f"sesscache {__version__}")

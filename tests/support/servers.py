@@ -90,9 +90,13 @@ class ServerProcess:
         *,
         env: Mapping[str, str] | None = None,
         command: Sequence[str] | None = None,
+        cwd: Path | None = None,
     ) -> None:
+        """``cwd``: run there (an installed server), without the checkout on ``PYTHONPATH``."""
         self.command = list(command or [sys.executable, "-m", "sesscache_server", *args])
-        self.env = {**os.environ, "PYTHONPATH": str(ROOT), **(env or {})}
+        checkout = {"PYTHONPATH": str(ROOT)} if cwd is None else {}
+        self.env = {**os.environ, **checkout, **(env or {})}
+        self.cwd = ROOT if cwd is None else cwd
         self.lines: list[str] = []
         self.port: int | None = None
         self._ready = threading.Event()
@@ -112,7 +116,7 @@ class ServerProcess:
     def start(self, *, wait: bool = True, timeout: float = 60) -> Self:
         self._process = subprocess.Popen(
             self.command,
-            cwd=ROOT,
+            cwd=self.cwd,
             env=self.env,
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,
