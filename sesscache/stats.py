@@ -46,9 +46,9 @@ REMOVAL_COUNTERS: Mapping[RemovalReason, str] = {
 }
 
 
-@dataclass(frozen=True, slots=True)
-class Snapshot:
-    """Counts at one instant, since :attr:`since`."""
+@dataclass(slots=True)
+class Counts:
+    """The counters of :data:`COUNTERS`, as fields."""
 
     hits: int = 0
     misses: int = 0
@@ -58,7 +58,6 @@ class Snapshot:
     invalidations: int = 0
     sql_statements: int = 0
     sql_statements_saved: int = 0
-    since: float = 0.0
 
     @property
     def hit_ratio(self) -> float:
@@ -67,17 +66,16 @@ class Snapshot:
 
 
 @dataclass(slots=True)
-class Counters:
+class Snapshot(Counts):
+    """Counts at one instant, since :attr:`since` (a value: never changed once made)."""
+
+    since: float = 0.0
+
+
+@dataclass(slots=True)
+class Counters(Counts):
     """Running counts; see :meth:`snapshot`, :meth:`totals`, :meth:`reset`."""
 
-    hits: int = 0
-    misses: int = 0
-    stores: int = 0
-    evictions: int = 0
-    expirations: int = 0
-    invalidations: int = 0
-    sql_statements: int = 0
-    sql_statements_saved: int = 0
     started: float = field(default_factory=time.time)
     _baseline: Snapshot | None = field(default=None, repr=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)

@@ -214,27 +214,16 @@ class CallWrapper:
         self, method: str, behavior: UnaryBehavior, deserialize: Callable[[bytes], Any]
     ) -> Callable[[bytes, Context], Awaitable[Any]]:
         """The served form of a unary method taking the request's bytes."""
-        database = self.database
-        access = self.access
 
         async def call(raw: bytes, context: Context) -> Any:
             record, started = self._enter_record(method)
-            status = "OK"
             try:
                 self._authenticate(context)
                 return await behavior(_decode(deserialize, raw), context)
-            except AbortError:
-                status = _status_of(context)
-                raise
             except Exception as error:
-                code = to_status(error, database=database)
-                status = code.code.name
-                await context.abort_with_status(code)  # type: ignore[attr-defined]
+                await self._fail(context, error)
             finally:
-                if record is not None and access is not None:
-                    if status == "OK" and context.code() is not None:
-                        status = _status_of(context)
-                    access.add(record, status, time.perf_counter() - started)
+                self._done(record, context, started)
 
         return call
 
@@ -242,30 +231,29 @@ class CallWrapper:
         self, method: str, behavior: StreamBehavior, deserialize: Callable[[bytes], Any]
     ) -> Callable[[bytes, Context], AsyncIterator[Any]]:
         """The served form of a server-streaming method taking the request's bytes."""
-        database = self.database
-        access = self.access
 
         async def call(raw: bytes, context: Context) -> AsyncIterator[Any]:
             record, started = self._enter_record(method)
-            status = "OK"
             try:
                 self._authenticate(context)
                 async for response in behavior(_decode(deserialize, raw), context):
                     yield response
-            except AbortError:
-                status = _status_of(context)
-                raise
             except Exception as error:
-                code = to_status(error, database=database)
-                status = code.code.name
-                await context.abort_with_status(code)  # type: ignore[attr-defined]
+                await self._fail(context, error)
             finally:
-                if record is not None and access is not None:
-                    if status == "OK" and context.code() is not None:
-                        status = _status_of(context)
-                    access.add(record, status, time.perf_counter() - started)
+                self._done(record, context, started)
 
         return call
+
+    async def _fail(self, context: Context, error: Exception) -> None:
+        """End the call with the status for ``error`` (an abort stays as it is)."""
+        if isinstance(error, AbortError):
+            raise error
+        await abort(context, error, database=self.database)
+
+    def _done(self, record: CallRecord | None, context: Context, started: float) -> None:
+        if record is not None and self.access is not None:
+            self.access.add(record, _status_of(context), time.perf_counter() - started)
 
     def method_handlers(self, servicer: object, service: ServiceDescriptor) -> dict[str, Handler]:
         """A handler for each method of ``service``, served by ``servicer``'s method of
