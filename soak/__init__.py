@@ -161,11 +161,16 @@ def _merge(result: SoakResult, tally: Tally) -> None:
 
 
 def _wait_until_empty(server: Child, timeout: float) -> bool:
-    """Wait until the server holds no session and no entry; False after ``timeout``."""
+    """Wait until the server holds no session and no entry; False after ``timeout``.
+
+    Authentication is off, so every session is the anonymous principal's: its
+    live entries are every session cache's (the server-wide figure also
+    counts the shared region's entries, which stay).
+    """
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        stats = soak_server.server_stats(server)
-        if stats.sessions == 0 and stats.entries == 0:
+        stats = soak_server.get_stats(server)
+        if stats.server.sessions == 0 and stats.principal.entries == 0:
             return True
         time.sleep(0.2)
     return False
@@ -254,7 +259,7 @@ def run(config: SoakConfig, *, say: bool = True) -> SoakResult:
             progress(f"start RSS {result.rss_start / MiB:.1f} MiB; load for {config.duration:g}s")
 
             # 2. Load, sampling the peak.
-            before = soak_server.server_stats(server)
+            before = soak_server.get_stats(server).server
             sampler = PeakSampler(server)
             started = time.monotonic()
             tally = run_phase(
@@ -279,7 +284,7 @@ def run(config: SoakConfig, *, say: bool = True) -> SoakResult:
                 server.target, tally.sessions_abandoned, config.probe, seed
             ):
                 result.error(f"abandoned session {session_id} still exists")
-            after = soak_server.server_stats(server)
+            after = soak_server.get_stats(server).server
             result.events = soak_server.events(after)
             result.events.subtract(soak_server.events(before))
             result.sessions_found_gone = len(tally.gone)

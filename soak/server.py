@@ -5,7 +5,7 @@
 soak's limits, on 127.0.0.1 port 0, its log in a temporary file (read at the
 end for ERROR lines and tracebacks); ``env`` adds variables such as
 ``SESSCACHE_AUTH_TOKENS`` (kept off the command line, where process
-listings would show them). :func:`server_stats` reads the server's counters
+listings would show them). :func:`get_stats` reads the server's counters
 through ``GetStats`` (as an admin), :func:`events` the evictions and
 expiries among them.
 """
@@ -19,7 +19,7 @@ from harness.child import Child
 from sesscache_client import Client
 from sesscache_client.v1 import sesscache_pb2 as pb
 
-__all__ = ["events", "server", "server_stats"]
+__all__ = ["events", "get_stats", "server"]
 
 
 def server(
@@ -33,10 +33,10 @@ def server(
     )
 
 
-def server_stats(child: Child, token: str | None = None) -> pb.CacheStats:
-    """The server-wide ``GetStats`` counters (``token``: an admin's, when auth is on)."""
+def get_stats(child: Child, token: str | None = None) -> pb.GetStatsResponse:
+    """The server's ``GetStats`` (``token``: an admin's, when auth is on)."""
     with Client(child.target, timeout=30, token=token) as client:
-        return client.server_stats()
+        return client.get_stats()
 
 
 def events(stats: pb.CacheStats) -> Counter[str]:
