@@ -29,10 +29,9 @@ import tempfile
 import time
 import weakref
 from collections.abc import Mapping, Sequence
-from functools import cache
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Self
+from typing import Self
 
 import grpc
 import psutil
@@ -55,20 +54,26 @@ def serving_port(text: str) -> int | None:
     return int(match.group(2)) if match else None
 
 
-@cache
-def _prctl() -> Any:
-    """libc's ``prctl``, looked up in the parent (a forked child only calls it)."""
-    return ctypes.CDLL(None, use_errno=True).prctl
-
-
 def die_with_parent() -> None:
     """SIGTERM this process when its parent dies (``prctl(PR_SET_PDEATHSIG)``).
 
-    For ``subprocess.Popen(preexec_fn=...)`` or the start of a worker process;
-    Linux only, elsewhere it does nothing.
+    For the start of a worker process; Linux only, elsewhere it does nothing.
     """
     if sys.platform.startswith("linux"):
-        _prctl()(_PR_SET_PDEATHSIG, signal.SIGTERM)
+        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
+#: ``python -c`` program that asks for SIGTERM when the parent (``argv[1]``) dies,
+#: then becomes the command (the rest); the setting survives ``exec``. Not a
+#: ``preexec_fn``: that runs the parent's fork handlers (grpc's among them) in
+#: the child, which can abort there.
+_LAUNCH = """\
+import ctypes, os, signal, sys
+ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)
+if os.getppid() != int(sys.argv[1]):
+    sys.exit(1)  # the parent is gone already
+os.execvp(sys.argv[2], sys.argv[2:])
+"""
 
 
 def _is_problem(line: str) -> bool:
@@ -173,18 +178,18 @@ class Child:
         """Start the process, and return at once."""
         assert not self.running, f"{self.name} is running"
         fd = self._open_log()
-        if self.die_with_parent:
-            _prctl()  # looked up here: after the fork, the child only calls it
+        command = self.command
+        if self.die_with_parent and sys.platform.startswith("linux"):
+            command = [sys.executable, "-c", _LAUNCH, str(os.getpid()), *command]
         self._log_start = os.fstat(fd).st_size
         self.port = None
         self._process = subprocess.Popen(
-            self.command,
+            command,
             cwd=self.cwd,
             env=self.env,
             stdin=subprocess.DEVNULL,
             stdout=fd,
             stderr=subprocess.STDOUT,
-            preexec_fn=die_with_parent if self.die_with_parent else None,  # noqa: PLW1509
         )
         self._ps = psutil.Process(self._process.pid)
 
