@@ -133,3 +133,12 @@ def test_a_child_dies_with_the_process_that_started_it() -> None:
             return True
 
     wait_until(gone, timeout=10)
+
+
+def test_the_real_server_waits_for_its_health_service(tmp_path: Path) -> None:
+    args = ["--listen=127.0.0.1:0", f"--database-url=sqlite:///{tmp_path / 'child.db'}"]
+    with Child(args).start(health=True) as server:
+        assert server.name == "sesscache_server"
+        assert server.target == f"127.0.0.1:{server.port}"
+        assert server.problems() == []
+        assert server.stop() == 0, server.log_text()
