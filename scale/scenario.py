@@ -48,8 +48,9 @@ import grpc
 import redis
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from harness.child import Child
 from scale.load import MACHINE, LoadResult, LoadSpec, run_load
-from scale.topology import Replica, Topology, rss_bytes
+from scale.topology import Topology
 from sesscache.fixtures import person_name
 from sesscache.regions import SHARED_KEY_PREFIX
 from sesscache_client.v1 import sesscache_pb2 as pb
@@ -164,7 +165,7 @@ class Scenario:
             pb.QueryPersonsRequest(name=name, view=view), metadata=metadata, timeout=CALL_TIMEOUT
         )
 
-    async def entries_on(self, replica: Replica, session: str) -> int | None:
+    async def entries_on(self, replica: Child, session: str) -> int | None:
         """How many entries ``session`` has on ``replica`` (asked directly); None: NOT_FOUND."""
         try:
             response = await self.stub(replica.target).ListCacheKeys(
@@ -178,7 +179,7 @@ class Scenario:
             raise
         return response.total_size
 
-    async def sessions_on(self, replica: Replica) -> set[str]:
+    async def sessions_on(self, replica: Child) -> set[str]:
         """Every session ``replica`` holds (ListSessions, asked directly)."""
         found: set[str] = set()
         token = ""
@@ -191,7 +192,7 @@ class Scenario:
             if not token:
                 return found
 
-    async def holders(self, session: str, replicas: Sequence[Replica]) -> list[str]:
+    async def holders(self, session: str, replicas: Sequence[Child]) -> list[str]:
         counts = await asyncio.gather(*(self.entries_on(r, session) for r in replicas))
         return [r.name for r, count in zip(replicas, counts, strict=True) if count is not None]
 
@@ -205,10 +206,10 @@ class Scenario:
 
         return await asyncio.gather(*(one(item) for item in work))
 
-    def live(self) -> list[Replica]:
+    def live(self) -> list[Child]:
         return [replica for replica in self.topology.replicas if replica.running]
 
-    async def server_stats(self, replica: Replica) -> pb.CacheStats:
+    async def server_stats(self, replica: Child) -> pb.CacheStats:
         response = await self.stub(replica.target).GetStats(
             pb.GetStatsRequest(), timeout=CALL_TIMEOUT
         )
@@ -221,9 +222,9 @@ class Scenario:
             self._progress("shared region")
             await self.shared_region()
             self._progress(f"{len(self.sessions)} sessions, two queries each")
-            rss_before = {r.name: rss_bytes(r.pid) for r in self.topology.replicas}
+            rss_before = {r.name: r.rss() for r in self.topology.replicas}
             await self.affinity()
-            rss_after = {r.name: rss_bytes(r.pid) for r in self.topology.replicas}
+            rss_after = {r.name: r.rss() for r in self.topology.replicas}
             self._progress("asking each replica directly")
             await self.placement()
             await self.spread()
@@ -566,7 +567,7 @@ class Scenario:
         errors = await self._after_stop(victim)
         self._passive_checks(victim, errors)
 
-    async def _stop_under_load(self, victim: Replica) -> None:
+    async def _stop_under_load(self, victim: Child) -> None:
         """SIGTERM ``victim`` while calls flow through nginx; watch its health."""
         s = self.settings
         topology = self.topology
@@ -669,7 +670,7 @@ class Scenario:
             )
         )
 
-    async def _after_stop(self, victim: Replica) -> int:
+    async def _after_stop(self, victim: Child) -> int:
         """Every session again: who lost what, and where sessions are now. Errors seen."""
         survivors = [r for r in self.topology.replicas if r is not victim]
         mine = [session for session in self.sessions if self.owner.get(session) == victim.name]
@@ -728,7 +729,7 @@ class Scenario:
 
         return errors
 
-    def _passive_checks(self, victim: Replica, errors: int) -> None:
+    def _passive_checks(self, victim: Child, errors: int) -> None:
         """How often nginx still tried the stopped replica."""
         s = self.settings
         assert self.topology.proxy is not None

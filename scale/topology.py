@@ -17,20 +17,15 @@ from __future__ import annotations
 
 import contextlib
 import os
-import re
 import secrets
-import signal
-import subprocess
-import sys
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
 from typing import Self
 
-from scale.nginx import ROOT, Nginx
-from sesscache_server.child import serving_port
+from harness.child import Child
+from scale.nginx import Nginx
 
 _CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
@@ -50,87 +45,6 @@ def machine_busy_seconds() -> float:
     fields = Path("/proc/stat").read_text().splitlines()[0].split()[1:]
     user, nice, system, _idle, _iowait, irq, softirq, steal = (int(f) for f in fields[:8])
     return (user + nice + system + irq + softirq + steal) / _CLOCK_TICKS
-
-
-def rss_bytes(pid: int) -> int:
-    """Resident memory of process ``pid`` (0 when it is gone)."""
-    try:
-        status = Path(f"/proc/{pid}/status").read_text()
-    except OSError:
-        return 0
-    match = re.search(r"^VmRSS:\s+(\d+)\s+kB", status, re.MULTILINE)
-    return int(match.group(1)) * 1024 if match else 0
-
-
-@dataclass
-class Replica:
-    """One ``python -m sesscache_server`` child process."""
-
-    name: str
-    command: list[str]
-    log_path: Path
-    env: dict[str, str]
-    port: int | None = None
-    process: subprocess.Popen[bytes] | None = field(default=None, repr=False)
-
-    @property
-    def target(self) -> str:
-        if self.port is None:
-            raise RuntimeError(f"{self.name} is not serving")
-        return f"127.0.0.1:{self.port}"
-
-    @property
-    def pid(self) -> int:
-        if self.process is None:
-            raise RuntimeError(f"{self.name} is not started")
-        return self.process.pid
-
-    @property
-    def running(self) -> bool:
-        return self.process is not None and self.process.poll() is None
-
-    def spawn(self) -> None:
-        log = self.log_path.open("ab")
-        self.process = subprocess.Popen(
-            self.command,
-            cwd=ROOT,
-            env=self.env,
-            stdin=subprocess.DEVNULL,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
-        log.close()
-
-    def poll_serving(self) -> bool:
-        """Whether the log says it serves (and so its port is known)."""
-        if self.port is not None:
-            return True
-        self.port = serving_port(self.log())
-        return self.port is not None
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
-
-    def terminate(self) -> None:
-        """SIGTERM: the server's graceful drain."""
-        if self.running:
-            assert self.process is not None
-            self.process.send_signal(signal.SIGTERM)
-
-    def wait(self, timeout: float) -> int:
-        assert self.process is not None
-        return self.process.wait(timeout)
-
-    def stop(self, timeout: float = 30) -> None:
-        if self.process is None:
-            return
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(10)
 
 
 class Topology:
@@ -156,12 +70,7 @@ class Topology:
         self.grace = grace
         self.page_token_secret = secrets.token_hex(16)
         env = {k: v for k, v in os.environ.items() if not k.startswith("SESSCACHE_")}
-        env["PYTHONPATH"] = str(ROOT)
-        env["PYTHONUNBUFFERED"] = "1"
-        command = [
-            sys.executable,
-            "-m",
-            "sesscache_server",
+        args = [
             "--listen",
             "127.0.0.1:0",
             "--database-url",
@@ -179,7 +88,13 @@ class Topology:
             *extra_args,
         ]
         self.replicas = [
-            Replica(f"replica-{n}", command, workdir / f"replica-{n}.log", env)
+            Child(
+                args,
+                name=f"replica-{n}",
+                base_env=env,
+                env={"PYTHONUNBUFFERED": "1"},
+                log_path=workdir / f"replica-{n}.log",
+            )
             for n in range(1, replicas + 1)
         ]
         self.nginx_binary = nginx_binary
@@ -198,7 +113,7 @@ class Topology:
                     if replica.poll_serving():
                         waiting.remove(replica)
                     elif not replica.running:
-                        raise RuntimeError(f"{replica.name} exited:\n{replica.log()}")
+                        raise RuntimeError(f"{replica.name} exited:\n{replica.log_text()}")
                 if time.monotonic() > deadline:
                     names = ", ".join(r.name for r in waiting)
                     raise TimeoutError(f"{names} not serving after {timeout}s")

@@ -14,13 +14,13 @@ idle reaper all work), then:
    *peak*;
 3. drain: the soak waits until every session is gone (ended by its client,
    reaped after idling, or evicted to make room), read from the server's
-   metrics, and checks that the abandoned sessions it samples are
+   ``GetStats``, and checks that the abandoned sessions it samples are
    NOT_FOUND; RSS now is the *end*, which must be within ``tolerance``
    (10 %) of the start.
 
 It prints the calls made, the errors (must be 0), RSS at start, peak and
-end, and the sessions and entries evicted and expired (counted from the
-server's debug log). :func:`run` returns a :class:`SoakResult`;
+end, and the sessions and entries evicted and expired (the server's
+``GetStats`` counters). :func:`run` returns a :class:`SoakResult`;
 ``python -m soak`` exits 1 when the result is not :attr:`SoakResult.ok`.
 
 ``python -m soak --hostile`` is the variant with a hostile principal's
@@ -37,9 +37,10 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from harness.child import Child
 from sesscache_client import Client, SessionNotFound
+from soak import server as soak_server
 from soak.load import Tally, Truth, run_phase, warm_every_shape
-from soak.server import ServerChild
 
 __all__ = ["SoakConfig", "SoakResult", "run"]
 
@@ -159,12 +160,17 @@ def _merge(result: SoakResult, tally: Tally) -> None:
     )
 
 
-def _wait_until_empty(server: ServerChild, timeout: float) -> bool:
-    """Wait until the server holds no session and no entry; False after ``timeout``."""
+def _wait_until_empty(server: Child, timeout: float) -> bool:
+    """Wait until the server holds no session and no entry; False after ``timeout``.
+
+    Authentication is off, so every session is the anonymous principal's: its
+    live entries are every session cache's (the server-wide figure also
+    counts the shared region's entries, which stay).
+    """
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        samples = server.metrics()
-        if samples.get("sesscache_sessions") == 0 and samples.get("sesscache_cache_entries") == 0:
+        stats = soak_server.get_stats(server)
+        if stats.server.sessions == 0 and stats.principal.entries == 0:
             return True
         time.sleep(0.2)
     return False
@@ -191,7 +197,7 @@ def _database(config: SoakConfig, scratch: Path) -> str:
 class PeakSampler:
     """Samples a server's RSS every 0.1 s in a thread; :attr:`peak` is the largest seen."""
 
-    def __init__(self, server: ServerChild) -> None:
+    def __init__(self, server: Child) -> None:
         self.server = server
         self.peak = server.rss()
         self._stop = threading.Event()
@@ -209,7 +215,7 @@ class PeakSampler:
         return self.peak
 
 
-def _warm_up(server: ServerChild, truth: Truth, config: SoakConfig, seed: int) -> list[Tally]:
+def _warm_up(server: Child, truth: Truth, config: SoakConfig, seed: int) -> list[Tally]:
     """Every query shape once, then the full load for ``config.warmup`` seconds."""
     shapes = Tally()
     warm_every_shape(server.target, truth, shapes)
@@ -235,7 +241,7 @@ def run(config: SoakConfig, *, say: bool = True) -> SoakResult:
 
     with tempfile.TemporaryDirectory(prefix="sesscache-soak-") as scratch:
         result = SoakResult(config, database_url=_database(config, Path(scratch)))
-        server = ServerChild(config.server_args(result.database_url))
+        server = soak_server.server(config.server_args(result.database_url))
         try:
             server.start()
             progress(f"server pid {server.process.pid} serving on {server.target}; seed {seed}")
@@ -253,7 +259,7 @@ def run(config: SoakConfig, *, say: bool = True) -> SoakResult:
             progress(f"start RSS {result.rss_start / MiB:.1f} MiB; load for {config.duration:g}s")
 
             # 2. Load, sampling the peak.
-            before = Counter(server.counts)
+            before = soak_server.get_stats(server).server
             sampler = PeakSampler(server)
             started = time.monotonic()
             tally = run_phase(
@@ -278,15 +284,22 @@ def run(config: SoakConfig, *, say: bool = True) -> SoakResult:
                 server.target, tally.sessions_abandoned, config.probe, seed
             ):
                 result.error(f"abandoned session {session_id} still exists")
-            result.events = Counter(server.counts)
-            result.events.subtract(before)
-            for session_id, what in tally.gone:
-                result.sessions_found_gone += 1
-                if session_id not in server.ended_by_server:
-                    result.error(f"{session_id}: {what}, but the server never evicted or reaped it")
+            after = soak_server.get_stats(server).server
+            result.events = soak_server.events(after)
+            result.events.subtract(soak_server.events(before))
+            result.sessions_found_gone = len(tally.gone)
+            # Each session found gone was evicted or reaped at least once.
+            gone = {session_id for session_id, _ in tally.gone}
+            ended_by_server = result.events["sessions_evicted"] + result.events["sessions_expired"]
+            if len(gone) > ended_by_server:
+                samples = "; ".join(f"{session_id}: {what}" for session_id, what in tally.gone[:3])
+                result.error(
+                    f"{len(gone)} sessions found gone by their client, but the server "
+                    f"evicted or reaped only {ended_by_server} ({samples})"
+                )
         finally:
             result.server_exit = server.stop()
-        for line in server.problems[:MAX_PROBLEMS]:
+        for line in server.problems()[:MAX_PROBLEMS]:
             result.error(f"server log: {line}")
         if result.server_exit != 0:
             result.error(f"the server exited with {result.server_exit}")

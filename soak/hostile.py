@@ -1,6 +1,6 @@
 """``python -m soak --hostile``: the soak with hostile traffic mixed in.
 
-The server (a ``python -m sesscache_server`` child, :class:`soak.server.ServerChild`)
+The server (a ``python -m sesscache_server`` child, :func:`soak.server.server`)
 runs with authentication on: tokens for the honest principal ``alice``, the
 hostile ``bob`` and ``admin`` (who only reads the server's counters), the
 small limits of the plain soak, and the per-principal and watcher limits
@@ -55,10 +55,11 @@ from typing import Any
 
 import psutil
 
+from harness.child import Child
 from sesscache_client import Client, SesscacheError
 from sesscache_client.v1 import sesscache_pb2 as pb
+from soak import server as soak_server
 from soak.load import Truth
-from soak.server import ServerChild
 from soak.traffic import (
     ALICE_QUERIES,
     HOSTILE,
@@ -426,7 +427,7 @@ WHO = ("server", "alice", "bob")
 class CpuClock:
     """CPU seconds (user + system) of the server and of alice's and bob's processes."""
 
-    def __init__(self, server: ServerChild, processes: list[Any]) -> None:
+    def __init__(self, server: Child, processes: list[Any]) -> None:
         self._ps = {"server": [psutil.Process(server.process.pid)]}
         for process in processes:
             self._ps.setdefault(process.name.split("-")[0], []).append(psutil.Process(process.pid))
@@ -447,7 +448,7 @@ class Sampler:
     """In a thread: the server's RSS every 0.1 s (the peak) and its session count,
     through GetStats as admin, every 0.5 s (the most seen)."""
 
-    def __init__(self, server: ServerChild, admin: Client) -> None:
+    def __init__(self, server: Child, admin: Client) -> None:
         self.server = server
         self.admin = admin
         self.peak = server.rss()
@@ -501,7 +502,7 @@ def run(config: HostileConfig, *, say: bool = True) -> HostileResult:
     context = multiprocessing.get_context("spawn")
     with tempfile.TemporaryDirectory(prefix="sesscache-soak-") as scratch:
         result = HostileResult(config, database_url=_database(config, Path(scratch)), seed=seed)
-        server = ServerChild(
+        server = soak_server.server(
             config.server_args(result.database_url),
             env={"SESSCACHE_AUTH_TOKENS": auth},
             log_level="info",
@@ -541,8 +542,8 @@ def run(config: HostileConfig, *, say: bool = True) -> HostileResult:
                     process.terminate()
                 process.join(10)
             result.server_exit = server.stop()
-        result.server_problems = list(server.problems)
-        result.server_problem_texts = [list(block) for block in server.problem_texts]
+        result.server_problems = server.problems()
+        result.server_problem_texts = server.problem_blocks()
     return result
 
 
@@ -550,7 +551,7 @@ def _run_phases(
     config: HostileConfig,
     result: HostileResult,
     *,
-    server: ServerChild,
+    server: Child,
     admin: Client,
     traffic: Traffic,
     context: Any,

@@ -46,9 +46,9 @@ from typing import Any
 
 import grpc
 
+from harness.child import die_with_parent
 from sesscache_client import Client, EventStream, SesscacheError, Session
 from sesscache_client.v1 import sesscache_pb2 as pb
-from sesscache_server.child import die_with_parent
 from soak.load import Truth, person_name
 
 WARM, PAUSE, QUIET, HOSTILE, STOP = range(5)

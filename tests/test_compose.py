@@ -51,9 +51,10 @@ from packaging.utils import canonicalize_name
 from psycopg import sql
 from sqlalchemy import make_url
 
+from harness.child import Child
 from sesscache_server import config
 from tests.support.postgres import PostgresServer
-from tests.support.servers import ROOT, ServerProcess
+from tests.support.servers import ROOT
 
 COMPOSE_FILE = ROOT / "docker-compose.yml"
 DOCKERFILE = ROOT / "Dockerfile"
@@ -522,7 +523,7 @@ def test_stack_runs_natively(
         env["SESSCACHE_HTTP_LISTEN"] = "127.0.0.1:0"
         command = native(service_command(server_svc), {})
 
-        with ServerProcess(command=command, env=env) as server:
+        with Child(command=command, env=env) as server:
             target = server.target
             serving = next(line for line in server.lines if "serving on" in line)
             assert f"serving on {target}" in serving
@@ -542,7 +543,7 @@ def test_stack_runs_natively(
             )
             output = walkthrough.stdout
             assert walkthrough.returncode == 0, (
-                f"{output}{walkthrough.stderr}\n-- server log:\n{server.log()}"
+                f"{output}{walkthrough.stderr}\n-- server log:\n{server.log_text()}"
             )
             lines = output.splitlines()
             steps = [line for line in lines if re.match(r"\d\. ", line)]
@@ -574,5 +575,5 @@ def test_stack_runs_natively(
             assert persons[0] > 0
 
             # `docker compose stop`: SIGTERM, then the drain, well within stop_grace_period.
-            assert server.stop() == 0, server.log()
-        assert "stopped" in server.log()
+            assert server.stop() == 0, server.log_text()
+        assert "stopped" in server.log_text()

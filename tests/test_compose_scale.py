@@ -51,6 +51,7 @@ from typing import Any
 
 import pytest
 
+from harness.child import Child
 from scale.nginx import (
     CONFIG,
     CONTAINER_PORT,
@@ -68,7 +69,6 @@ from sesscache_client.errors import SesscacheError, Unavailable
 from sesscache_client.v1 import sesscache_pb2 as pb
 from sesscache_server import config
 from tests.support import nginx as nginx_support
-from tests.support.servers import ServerProcess
 from tests.test_compose import (
     METRICS_PORT,
     container_env,
@@ -378,9 +378,9 @@ def two_loopback_port() -> int:
 
 
 @contextlib.contextmanager
-def replica(address: str, port: int, data: Path) -> Iterator[ServerProcess]:
+def replica(address: str, port: int, data: Path) -> Iterator[Child]:
     """A native server on ``address:port`` (SQLite), as one replica container."""
-    with ServerProcess(["--listen", f"{address}:{port}", "--data-dir", str(data)]) as server:
+    with Child(["--listen", f"{address}:{port}", "--data-dir", str(data)]) as server:
         yield server
 
 

@@ -36,12 +36,12 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from sqlalchemy import create_engine, func, select, text
 
+from harness.child import Child
 from sesscache.models import Base
 from sesscache_client import Client, SesscacheError, SessionNotFound, Unavailable
 from sesscache_client.v1 import sesscache_pb2 as pb
 from tests.support.polling import wait_until
 from tests.support.postgres import PostgresServer, table_locked, waiting_on_lock
-from tests.support.servers import ServerProcess
 
 GRACE = 5.0
 SERVING = health_pb2.HealthCheckResponse.SERVING
@@ -50,8 +50,8 @@ NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 
 def server_process(
     database_url: str, *, listen: str = "127.0.0.1:0", grace: float = GRACE
-) -> ServerProcess:
-    return ServerProcess(
+) -> Child:
+    return Child(
         [
             f"--listen={listen}",
             f"--database-url={database_url}",
@@ -194,7 +194,7 @@ def test_sigterm_under_load_drains_refuses_and_exits_0(database_url: str) -> Non
             watch.close()
         process.stop()
 
-    log = process.log()
+    log = process.log_text()
     assert code == 0, f"exit status {code}:\n{log}"
     assert exited < GRACE, f"exit took {exited:.2f}s"
     assert watch.seen()[:2] == [SERVING, NOT_SERVING], watch.seen()
@@ -288,7 +288,7 @@ def test_sigterm_lets_calls_in_flight_complete(pg_database: tuple[str, str]) -> 
         if watch is not None:
             watch.close()
         process.stop()
-    assert code == 0, process.log()
+    assert code == 0, process.log_text()
     assert exited < GRACE
     for n in range(3):
         response = results[n]
@@ -351,7 +351,7 @@ def test_sigkill_and_restart_serve_again_with_the_database_intact_and_sessions_g
     before = snapshot(database_url)
     assert before["person"] == 50
     load: Load | None = None
-    second: ServerProcess | None = None
+    second: Child | None = None
     try:
         with Client(first.target, timeout=5) as client:
             old = client.session(f"old-{uuid.uuid4().hex[:8]}")
@@ -394,4 +394,4 @@ def test_sigkill_and_restart_serve_again_with_the_database_intact_and_sessions_g
         first.stop()
         if second is not None:
             assert second.stop() == 0
-    assert "Traceback" not in second.log()
+    assert "Traceback" not in second.log_text()

@@ -36,8 +36,9 @@ from pathlib import Path
 import pytest
 from aiohttp import web
 
+from harness.child import Child
 from sesscache_server.http import REFUSED_RESPONSE, HttpServer
-from tests.support.servers import ServerProcess, ServerThread
+from tests.support.servers import ServerThread
 
 SILENT = 2000
 
@@ -347,20 +348,20 @@ def test_taken_port_exits_non_zero_with_a_clear_error(tmp_path: Path) -> None:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         listen = f"127.0.0.1:{taken.getsockname()[1]}"
-        process = ServerProcess(
+        process = Child(
             ["--listen=127.0.0.1:0", f"--data-dir={tmp_path}", f"--http-listen={listen}"]
         )
         process.start(wait=False)
         assert process.wait(60) == 1
-    assert f"cannot serve HTTP on {listen}: " in process.log()
-    assert "already in use" in process.log()
+    assert f"cannot serve HTTP on {listen}: " in process.log_text()
+    assert "already in use" in process.log_text()
 
 
 def test_process_logs_where_it_serves_http(tmp_path: Path) -> None:
-    with ServerProcess(
+    with Child(
         ["--listen=127.0.0.1:0", f"--data-dir={tmp_path}", "--http-listen=127.0.0.1:0"]
     ) as process:
-        log = process.log()
+        log = process.log_text()
         http = re.search(r"http on http://127\.0\.0\.1:(\d+)\b", log)
         metrics = re.search(r"metrics on http://127\.0\.0\.1:(\d+)/metrics", log)
         assert http is not None

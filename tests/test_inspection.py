@@ -274,6 +274,20 @@ def test_server_stats_and_reset(make_server: MakeServer, database_url: str) -> N
         assert third.get_stats().session.misses == 1, "session counters are their own"
 
 
+def test_server_stats_count_sessions_evicted_and_expired(
+    make_server: MakeServer, database_url: str
+) -> None:
+    server = make_server(database_url, max_sessions=1, session_idle_timeout=1.0)
+    with Client(server.target) as client:
+        basic(client.session("first"), 1)
+        basic(client.session("second"), 1)  # evicts the idle first
+        stats = client.server_stats()
+        assert (stats.sessions_evicted, stats.sessions_expired, stats.sessions_ended) == (1, 0, 1)
+        wait_for(lambda: client.server_stats().sessions_expired == 1, timeout=10)
+        stats = client.server_stats()
+        assert (stats.sessions_evicted, stats.sessions_ended, stats.sessions) == (1, 2, 0)
+
+
 def test_evictions_and_expirations(make_server: MakeServer, database_url: str) -> None:
     server = make_server(
         database_url,

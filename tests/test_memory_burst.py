@@ -15,8 +15,8 @@ from pathlib import Path
 import psutil
 import pytest
 
+from harness.child import Child
 from sesscache_client import Client
-from tests.support.servers import ServerProcess
 
 SESSIONS = 3000
 NAMES = 50
@@ -30,7 +30,7 @@ def _name(i: int) -> str:
 @pytest.mark.slow
 def test_rss_comes_back_after_a_burst_of_sessions(tmp_path: Path) -> None:
     args = ["--listen", "127.0.0.1:0", "--data-dir", str(tmp_path)]
-    with ServerProcess(args) as server, Client(server.target, timeout=30) as client:
+    with Child(args) as server, Client(server.target, timeout=30) as client:
         process = psutil.Process(server.process.pid)
         # Every query shape once, so the caches bounded per shape are as full
         # before the start as after the burst.

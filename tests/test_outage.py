@@ -14,11 +14,12 @@ from collections.abc import Callable
 
 import pytest
 
+from harness.child import Child
 from sesscache_client import Client, Unavailable
 from sesscache_client.v1 import sesscache_pb2 as pb
 from tests.support.polling import wait_until
 from tests.support.postgres import PostgresServer
-from tests.support.servers import ServerProcess, ServerThread
+from tests.support.servers import ServerThread
 
 pytestmark = pytest.mark.postgres
 
@@ -93,7 +94,7 @@ def test_outage_serves_hits_refuses_misses_and_recovers(
 
 def test_startup_retries_then_gives_up_without_traceback(restartable: PostgresServer) -> None:
     url = restartable.url("postgres").replace(f":{restartable.port}/", ":1/")
-    process = ServerProcess(
+    process = Child(
         [
             "--listen=127.0.0.1:0",
             f"--database-url={url}",
@@ -102,7 +103,7 @@ def test_startup_retries_then_gives_up_without_traceback(restartable: PostgresSe
         ]
     ).start(wait=False)
     code = process.wait(60)
-    log = process.log()
+    log = process.log_text()
     assert code == 1, log
     assert log.count("database unreachable") == 2, log
     assert "retrying in" in log
@@ -114,7 +115,7 @@ def test_startup_waits_for_the_database(restartable: PostgresServer) -> None:
     name = "t_late"
     url = restartable.create_database(name)
     restartable.stop("fast")
-    process = ServerProcess(
+    process = Child(
         [
             "--listen=127.0.0.1:0",
             f"--database-url={url}",
@@ -123,7 +124,7 @@ def test_startup_waits_for_the_database(restartable: PostgresServer) -> None:
         ]
     ).start(wait=False)
     try:
-        wait_until(lambda: "database unreachable" in process.log(), timeout=30)
+        wait_until(lambda: "database unreachable" in process.log_text(), timeout=30)
         restartable.start_again()
         process.wait_serving(60)
         with Client(process.target, timeout=20) as client:

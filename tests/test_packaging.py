@@ -39,9 +39,9 @@ import pytest
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
+from harness.child import ROOT, Child
 from sesscache.fixtures import person_name
 from sesscache_server import config
-from tests.support.servers import ROOT, ServerProcess
 
 CLIENT = ROOT / "client"
 STUB_SUFFIXES = ("_pb2.py", "_pb2.pyi", "_pb2_grpc.py", "_pb2_grpc.pyi")
@@ -303,9 +303,16 @@ def server_venv(dists: Dists, tmp_path: Path) -> Path:
 
 
 @pytest.fixture
-def installed_server(server_venv: Path, outside: Path) -> Iterator[ServerProcess]:
+def installed_server(server_venv: Path, outside: Path) -> Iterator[Child]:
     command = [str(server_venv.parent / "sesscache-server"), "--listen", "127.0.0.1:0"]
-    with ServerProcess(command=command, env=clean_env(), cwd=outside) as server:
+    child = Child(
+        command=command,
+        name="sesscache-server",
+        base_env=clean_env(),
+        cwd=outside,
+        checkout_path=False,
+    )
+    with child as server:
         yield server
 
 
@@ -317,13 +324,13 @@ def cache_status(output: str) -> str:
 
 @pytest.mark.slow
 def test_installed_server_and_client_outside_the_checkout(
-    server_venv: Path, installed_server: ServerProcess, outside: Path
+    server_venv: Path, installed_server: Child, outside: Path
 ) -> None:
     bin_dir = server_venv.parent
     target = installed_server.target
     # The SQLite default, made and seeded in the data folder under the working folder.
-    assert (outside / "data" / "sesscache.db").is_file(), installed_server.log()
-    assert any("sqlite" in line for line in installed_server.lines), installed_server.log()
+    assert (outside / "data" / "sesscache.db").is_file(), installed_server.log_text()
+    assert "sqlite" in installed_server.log_text(), installed_server.log_text()
 
     walkthrough = run(
         [str(server_venv), "-m", "sesscache_client.walkthrough", "--target", target], cwd=outside
@@ -337,4 +344,4 @@ def test_installed_server_and_client_outside_the_checkout(
 
     version = run([str(bin_dir / "sesscache-server"), "--version"], cwd=outside).stdout
     assert version.startswith("sesscache ")
-    assert installed_server.stop() == 0, installed_server.log()
+    assert installed_server.stop() == 0, installed_server.log_text()

@@ -51,10 +51,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from sqlalchemy import create_engine, inspect, select
 
+from harness.child import Child
 from sesscache.models import Base
 from sesscache_client.v1 import sesscache_pb2 as pb
 from sesscache_client.v1 import sesscache_pb2_grpc as pb_grpc
-from tests.support.servers import ServerProcess
 
 INT32 = (-(2**31), 2**31 - 1)
 INT64 = (-(2**63), 2**63 - 1)
@@ -116,7 +116,7 @@ def checksum(database_url: str) -> tuple[list[str], str]:
 class Target:
     """The module's server, a channel to it, and real page tokens it issued."""
 
-    server: ServerProcess
+    server: Child
     channel: grpc.Channel
     stub: pb_grpc.SessionCacheStub
     database_url: str
@@ -128,17 +128,17 @@ class Target:
 @pytest.fixture(scope="module")
 def target(database_url: str) -> Iterator[Target]:
     """The server in a child process: hypothesis and the server each get a core."""
-    server = ServerProcess(["--listen=127.0.0.1:0", f"--database-url={database_url}"]).start()
+    server = Child(["--listen=127.0.0.1:0", f"--database-url={database_url}"]).start()
     try:
         yield from _target(server, database_url)
     finally:
         code = server.stop()
-    assert code == 0, server.log()
+    assert code == 0, server.log_text()
     # Nothing the examples sent made the server log a warning, an error or a traceback.
     assert [line for line in server.lines if " INFO " not in line] == []
 
 
-def _target(server: ServerProcess, database_url: str) -> Iterator[Target]:
+def _target(server: Child, database_url: str) -> Iterator[Target]:
     before = checksum(database_url)
     with grpc.insecure_channel(server.target) as channel:
         stub = pb_grpc.SessionCacheStub(channel)

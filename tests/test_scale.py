@@ -184,7 +184,7 @@ def _report(checks: list[Check], topology: Topology) -> str:
     lines = [f"{c.status} {c.name}: {c.summary} {c.details}" for c in checks]
     for replica in topology.replicas:
         lines.append(f"-- {replica.name} log (tail):")
-        lines.extend(replica.log().splitlines()[-15:])
+        lines.extend(replica.lines[-15:])
     if topology.proxy is not None:
         lines.append("-- nginx error log (tail):")
         lines.extend(topology.proxy.error_lines()[-15:])

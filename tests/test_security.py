@@ -42,6 +42,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
+from harness.child import Child
 from sesscache_client import Client, SessionNotFound, Unauthenticated, Unavailable
 from sesscache_client.v1 import sesscache_pb2 as pb
 from sesscache_client.v1 import sesscache_pb2_grpc as pb_grpc
@@ -49,7 +50,7 @@ from sesscache_client.walkthrough import run as walk_through
 from sesscache_server import config
 from sesscache_server.keys import ServerKeys
 from tests.conftest import settings_for
-from tests.support.servers import ServerProcess, ServerThread
+from tests.support.servers import ServerThread
 
 TOKENS = "tok-a=alice,tok-b=bob,tok-admin=root:admin"
 LOCAL = "local_session"
@@ -89,7 +90,7 @@ def test_a_server_started_without_listen_binds_loopback_only(sqlite_url: str) ->
         pytest.skip("SESSCACHE_LISTEN is set in this environment")
     if not _port_free(50051):
         pytest.skip("port 50051 is taken on this machine")
-    process = ServerProcess([f"--database-url={sqlite_url}"]).start(wait=False)
+    process = Child([f"--database-url={sqlite_url}"]).start(wait=False)
     try:
         try:
             process.wait_serving(60)
@@ -239,14 +240,14 @@ def _calls_for_the_log(target: str, session_id: str) -> None:
 def test_tokens_never_logged_and_session_ids_hashed_with_auth_on(sqlite_url: str) -> None:
     session_id = "alice-private-session-4711"
     secret = "a-test-secret"
-    process = ServerProcess(
+    process = Child(
         process_args(sqlite_url), env={"SESSCACHE_AUTH_TOKENS": TOKENS, "SESSCACHE_SECRET": secret}
     ).start()
     try:
         _calls_for_the_log(process.target, session_id)
     finally:
         assert process.stop() == 0
-    log = process.log()
+    log = process.log_text()
     for token in ("tok-a", "tok-b", "tok-admin", "tok-wrong-secret", "Bearer"):
         assert token not in log
     assert session_id not in log
@@ -260,18 +261,18 @@ def test_tokens_never_logged_and_session_ids_hashed_with_auth_on(sqlite_url: str
 
 
 def test_session_ids_logged_in_full_with_auth_off(sqlite_url: str) -> None:
-    process = ServerProcess(process_args(sqlite_url)).start()
+    process = Child(process_args(sqlite_url)).start()
     try:
         with Client(process.target, timeout=10) as client:
             client.session("open-session-0815").query_persons(name="person 03")
     finally:
         assert process.stop() == 0
-    assert "QueryPersons session=open-session-0815 status=OK" in process.log()
-    assert "session=h:" not in process.log()
+    assert "QueryPersons session=open-session-0815 status=OK" in process.log_text()
+    assert "session=h:" not in process.log_text()
 
 
 def test_session_ids_not_logged_in_full_at_debug_level_with_auth_on(sqlite_url: str) -> None:
-    process = ServerProcess(
+    process = Child(
         process_args(sqlite_url, "--log-level=debug", "--max-sessions=1"),
         env={"SESSCACHE_AUTH_TOKENS": TOKENS},
     ).start()
@@ -281,7 +282,7 @@ def test_session_ids_not_logged_in_full_at_debug_level_with_auth_on(sqlite_url: 
             alice.session("alice-second-session").query_persons(name="person 02")  # evicts
     finally:
         assert process.stop() == 0
-    log = process.log()
+    log = process.log_text()
     assert "evicted to make room" in log
     assert "alice-first-session" not in log
 
@@ -316,10 +317,10 @@ def test_a_bad_tokens_file_stops_the_server_with_a_clear_error(
     tokens = tmp_path / "tokens"
     if content is not None:
         tokens.write_text(content)
-    process = ServerProcess(process_args(sqlite_url, f"--auth-tokens-file={tokens}"))
+    process = Child(process_args(sqlite_url, f"--auth-tokens-file={tokens}"))
     process.start(wait=False)
     code = process.wait(60)
-    log = process.log()
+    log = process.log_text()
     assert code != 0, log
     assert problem in log
     assert str(tokens) in log

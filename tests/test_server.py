@@ -37,12 +37,13 @@ from grpc_reflection.v1alpha.proto_reflection_descriptor_database import (
 )
 from sqlalchemy import create_engine, text
 
+from harness.child import Child
 from sesscache.fixtures import person_name
 from sesscache.registry import SessionRegistry
 from sesscache_client import SERVICE_NAME, Client, SessionNotFound
 from sesscache_client.v1 import sesscache_pb2 as pb
 from sesscache_client.v1 import sesscache_pb2_grpc as pb_grpc
-from tests.support.servers import ROOT, ServerProcess, ServerThread
+from tests.support.servers import ROOT, ServerThread
 
 PROTO = ROOT / "protos" / "sesscache" / "v1" / "sesscache.proto"
 PERSONS = 50  # the fixture persons a server seeds by default
@@ -638,7 +639,7 @@ def test_sigterm_drains_calls_in_flight_and_exits_0(database_url: str) -> None:
     gRPC itself, so SIGTERM waits until every call's session is live.
     """
     calls = 24
-    process = ServerProcess(
+    process = Child(
         ["--listen", "127.0.0.1:0", "--database-url", database_url, "--db-workers", "1"]
     )
     with (

@@ -17,10 +17,10 @@ from pathlib import Path
 import grpc
 import pytest
 
+from harness.child import Child
 from sesscache_client import Client
 from sesscache_client.v1 import sesscache_pb2 as pb
 from sesscache_client.v1 import sesscache_pb2_grpc as pb_grpc
-from tests.support.servers import ServerProcess
 
 GARBAGE = bytes(range(256)) * 64  # 16 KiB that no SQLite header starts with
 
@@ -41,20 +41,20 @@ def _args(database: Path, listen: str = "127.0.0.1:0") -> list[str]:
 
 
 def test_a_second_server_on_a_taken_port_exits_at_once(tmp_path: Path) -> None:
-    with ServerProcess(_args(tmp_path / "first.db")) as first:
+    with Child(_args(tmp_path / "first.db")) as first:
         address = first.target
-        second = ServerProcess(_args(tmp_path / "second.db", listen=address))
+        second = Child(_args(tmp_path / "second.db", listen=address))
         started = time.monotonic()
         second.start(wait=False)
         try:
             code = second.wait(timeout=30)
         finally:
             second.stop()
-        assert code != 0, second.log()
+        assert code != 0, second.log_text()
         assert time.monotonic() - started < 20
-        assert f"{address} is already in use" in second.log()
-        assert "sesscache serving on" not in second.log()
-        assert "Traceback" not in second.log()
+        assert f"{address} is already in use" in second.log_text()
+        assert "sesscache serving on" not in second.log_text()
+        assert "Traceback" not in second.log_text()
         with Client(address, timeout=10) as client:
             assert client.health() == "SERVING"
             assert client.session().query_persons(name="person 10").persons
@@ -64,10 +64,10 @@ def test_a_second_server_on_a_taken_port_exits_at_once(tmp_path: Path) -> None:
 def test_a_corrupt_sqlite_file_at_start_up_is_named(tmp_path: Path) -> None:
     database = tmp_path / "corrupt.db"
     database.write_bytes(GARBAGE)
-    server = ServerProcess(_args(database))
+    server = Child(_args(database))
     server.start(wait=False)
     code = server.wait(timeout=60)
-    log = server.log()
+    log = server.log_text()
     assert code == 1, log
     assert f"giving up: the SQLite database file {database} is corrupt" in log
     assert "Traceback" not in log
@@ -75,7 +75,7 @@ def test_a_corrupt_sqlite_file_at_start_up_is_named(tmp_path: Path) -> None:
 
 def test_a_sqlite_file_corrupted_while_serving_is_named(tmp_path: Path) -> None:
     database = tmp_path / "live.db"
-    with ServerProcess(_args(database)) as server:
+    with Child(_args(database)) as server:
         channel = grpc.insecure_channel(server.target)
         stub = pb_grpc.SessionCacheStub(channel)
         try:
@@ -113,6 +113,6 @@ def test_a_sqlite_file_corrupted_while_serving_is_named(tmp_path: Path) -> None:
         finally:
             channel.close()
         assert server.stop() == 0
-    log = server.log()
+    log = server.log_text()
     assert "Traceback" not in log
     assert "unexpected error" not in log

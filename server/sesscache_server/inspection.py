@@ -159,6 +159,8 @@ def stats_message(
     size_bytes: int,
     sessions: int = 0,
     ended: int = 0,
+    evicted: int = 0,
+    expired: int = 0,
     limits_hit: Mapping[str, int] | None = None,
 ) -> pb.CacheStats:
     return pb.CacheStats(
@@ -169,6 +171,8 @@ def stats_message(
         size_bytes=size_bytes,
         sessions=sessions,
         sessions_ended=ended,
+        sessions_evicted=evicted,
+        sessions_expired=expired,
         since=timestamp(counters.since),
     )
 

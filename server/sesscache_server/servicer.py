@@ -275,6 +275,8 @@ class SessionCacheServicer(pb_grpc.SessionCacheServicer):
                 size_bytes=size + shared_bytes,
                 sessions=len(self.registry),
                 ended=self.registry.sessions_ended,
+                evicted=self.registry.sessions_evicted,
+                expired=self.registry.sessions_expired,
                 limits_hit=limits_hit(self.registry, self.inspector),
             )
         )
