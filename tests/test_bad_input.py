@@ -27,7 +27,7 @@ import pytest
 from sesscache_client import Client, InvalidArgument, SesscacheError, from_rpc_error
 from sesscache_client.v1 import sesscache_pb2 as pb
 from sesscache_client.v1 import sesscache_pb2_grpc as pb_grpc
-from sesscache_server.requests import MAX_ID, MAX_IDS, MAX_NAME
+from sesscache_server.validation import MAX_ID, MAX_IDS, MAX_NAME
 from tests.conftest import settings_for
 from tests.support.servers import ServerThread
 

@@ -986,7 +986,7 @@ def test_calls_do_not_walk_the_sessions(
 
 def test_hex_alphabet_is_what_handles_use() -> None:
     # The unknown handle above must be well-formed, or the test proves nothing.
-    from sesscache_server.requests import check_handle
+    from sesscache_server.validation import check_handle
 
     check_handle("0123456789abcdef")
     assert set("0123456789abcdef") <= set(string.hexdigits)

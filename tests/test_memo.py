@@ -18,8 +18,8 @@ import pytest
 from sesscache.memo import Memo
 from sesscache_client.v1 import sesscache_pb2 as pb
 from sesscache_client.v1 import sesscache_pb2_grpc as pb_grpc
-from sesscache_server.requests import KNOWN_REQUEST_MAX, KNOWN_REQUESTS_BYTES
-from sesscache_server.service import KNOWN_KEYS_BYTES
+from sesscache_server.persons import KNOWN_KEYS_BYTES
+from sesscache_server.validation import KNOWN_REQUEST_MAX, KNOWN_REQUESTS_BYTES
 from tests.conftest import settings_for
 from tests.support.servers import ServerThread
 

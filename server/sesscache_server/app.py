@@ -48,7 +48,7 @@ from sesscache_server.inspection import Inspector
 from sesscache_server.keys import ServerKeys
 from sesscache_server.metrics import Metrics
 from sesscache_server.paging import PageTokens
-from sesscache_server.service import PersonService
+from sesscache_server.persons import PersonService
 from sesscache_server.servicer import SessionCacheServicer
 
 log = logging.getLogger("sesscache.server")

@@ -45,7 +45,7 @@ from sesscache.store import (
 )
 from sesscache.v1 import sesscache_pb2 as pb
 from sesscache.v1 import sesscache_pb2_grpc as pb_grpc
-from sesscache_server import requests, writes
+from sesscache_server import validation, writes
 from sesscache_server.auth import current_principal
 from sesscache_server.calls import current_call
 from sesscache_server.errors import (
@@ -68,7 +68,7 @@ from sesscache_server.inspection import (
     stats_message,
 )
 from sesscache_server.paging import PageTokens, keyset_page
-from sesscache_server.service import RESPONSE_RENDERING, PersonService
+from sesscache_server.persons import RESPONSE_RENDERING, PersonService
 
 if TYPE_CHECKING:
     from sesscache_server.calls import Context
@@ -124,10 +124,10 @@ class SessionCacheServicer(pb_grpc.SessionCacheServicer):
         #: WatchCacheEvents streams open, by principal.
         self.watchers: collections.Counter[str] = collections.Counter()
         self.core = CacheCore(registry, executor)
-        self._known_requests: Memo[bytes, requests.PersonsRequest] = Memo(
-            requests.known_request_size,
-            max_bytes=requests.KNOWN_REQUESTS_BYTES,
-            max_item=requests.KNOWN_REQUEST_MAX,
+        self._known_requests: Memo[bytes, validation.PersonsRequest] = Memo(
+            validation.known_request_size,
+            max_bytes=validation.KNOWN_REQUESTS_BYTES,
+            max_item=validation.KNOWN_REQUEST_MAX,
         )
         self.writer = writes.PersonWriter(registry)
 
@@ -188,7 +188,7 @@ class SessionCacheServicer(pb_grpc.SessionCacheServicer):
         self, request: pb.ListCacheKeysRequest, context: Context
     ) -> pb.ListCacheKeysResponse:
         # Every argument is checked before any state is looked at.
-        size = requests.page_size(request.page_size, default=requests.DEFAULT_KEYS_PAGE)
+        size = validation.page_size(request.page_size, default=validation.DEFAULT_KEYS_PAGE)
         if request.order_by not in _ORDERS:
             raise InvalidArgument.field("order_by", f"unknown value {request.order_by}")
         region = request.region or LOCAL_REGION
@@ -198,9 +198,9 @@ class SessionCacheServicer(pb_grpc.SessionCacheServicer):
                 f"must be {LOCAL_REGION!r}, {SHARED_REGION!r} or {ALL_REGIONS!r} "
                 f"(got {quote(request.region)})",
             )
-        if len(request.entity) > requests.MAX_NAME:
-            raise InvalidArgument.field("entity", f"at most {requests.MAX_NAME} characters")
-        requests.check_handle(request.session)
+        if len(request.entity) > validation.MAX_NAME:
+            raise InvalidArgument.field("entity", f"at most {validation.MAX_NAME} characters")
+        validation.check_handle(request.session)
         token = self.tokens.open(request.page_token) if request.page_token else None
         if region != LOCAL_REGION:
             # The shared region holds what every principal's sessions loaded.
@@ -294,7 +294,7 @@ class SessionCacheServicer(pb_grpc.SessionCacheServicer):
         session_id = self._session_id(context)
         if session_id is None:
             raise InvalidArgument.field(
-                requests.SESSION_ID_KEY, "name the session to reset, or set `server`"
+                validation.SESSION_ID_KEY, "name the session to reset, or set `server`"
             )
         state = self.registry.get(session_id, principal=self._principal(context))
         if state is None:
@@ -319,14 +319,8 @@ class SessionCacheServicer(pb_grpc.SessionCacheServicer):
                 else pb.CacheEntry(key=item, region=SHARED_REGION)
                 for item in cleared
             )
-        if target == "key" and not request.key:
-            raise InvalidArgument.field("key", "must not be empty")
-        if target == "key" and len(request.key) > requests.MAX_KEY:
-            raise InvalidArgument.field("key", f"at most {requests.MAX_KEY} characters")
-        query = requests.persons_request(request.query, self.tokens) if target == "query" else None
-        session_id = self._session_id(context)
-        if session_id is None:
-            raise NotFound("Invalidate works on the caller's session: send its 'session-id'")
+        query = self._key_or_query(target, request.key, request.query)
+        session_id = self._caller_session(context, "Invalidate works on")
         async with self._session(session_id, context, create=False) as state:
             store = self.registry.store_of(state)
             removed: list[Entry] = []
@@ -382,7 +376,7 @@ class SessionCacheServicer(pb_grpc.SessionCacheServicer):
         self, request: pb.ListSessionsRequest, context: Context
     ) -> pb.ListSessionsResponse:
         self._require_admin("listing sessions")
-        size = requests.page_size(request.page_size, default=requests.DEFAULT_KEYS_PAGE)
+        size = validation.page_size(request.page_size, default=validation.DEFAULT_KEYS_PAGE)
         after = self.tokens.decode(request.page_token, "sessions")
         states = self.registry.page(after_serial=after, limit=size + 1)
         response = pb.ListSessionsResponse(total_size=len(self.registry))
@@ -421,7 +415,7 @@ class SessionCacheServicer(pb_grpc.SessionCacheServicer):
             session_id = self._session_id(context)
             if session_id is None:
                 raise InvalidArgument.field(
-                    requests.SESSION_ID_KEY, "name the session to watch, or set all_sessions"
+                    validation.SESSION_ID_KEY, "name the session to watch, or set all_sessions"
                 )
             session = (self._principal(context), session_id)
         with self._watcher_slot(self._principal(context)):
@@ -480,24 +474,43 @@ class SessionCacheServicer(pb_grpc.SessionCacheServicer):
 
     # -- the shape every call shares -----------------------------------------------
 
-    def _validated(self, request: pb.QueryPersonsRequest) -> requests.PersonsRequest:
+    def _validated(self, request: pb.QueryPersonsRequest) -> validation.PersonsRequest:
         """The validated form of ``request``, remembered by its bytes.
 
         Validation is pure (the same bytes always validate the same), and
         clients repeat requests: a repeat skips validation, token checks and
         building the query value.
         """
-        if request.ByteSize() > requests.KNOWN_REQUEST_MAX:
-            return requests.persons_request(request, self.tokens)  # never remembered
+        if request.ByteSize() > validation.KNOWN_REQUEST_MAX:
+            return validation.persons_request(request, self.tokens)  # never remembered
         raw = request.SerializeToString()
         persons = self._known_requests.get(raw)
         if persons is None:
-            persons = requests.persons_request(request, self.tokens)
+            persons = validation.persons_request(request, self.tokens)
             self._known_requests.put(raw, persons)
         return persons
 
+    def _key_or_query(
+        self, target: str, key: str, query: pb.QueryPersonsRequest
+    ) -> validation.PersonsRequest | None:
+        """A request's ``key`` checked (target "key"), or its ``query`` validated."""
+        if target == "query":
+            return validation.persons_request(query, self.tokens)
+        if target == "key" and not key:
+            raise InvalidArgument.field("key", "must not be empty")
+        if len(key) > validation.MAX_KEY:
+            raise InvalidArgument.field("key", f"at most {validation.MAX_KEY} characters")
+        return None
+
+    def _caller_session(self, context: Context, what: str) -> str:
+        """The caller's session id, required: NOT_FOUND naming ``what`` without one."""
+        session_id = self._session_id(context)
+        if session_id is None:
+            raise NotFound(f"{what} the caller's session: send its 'session-id'")
+        return session_id
+
     def _session_id(self, context: Context) -> str | None:
-        session_id = requests.session_id_from(context.invocation_metadata())
+        session_id = validation.session_id_from(context.invocation_metadata())
         record = current_call()
         if record is not None and session_id is not None:
             record.session = session_id
@@ -614,14 +627,8 @@ class SessionCacheServicer(pb_grpc.SessionCacheServicer):
         target = request.WhichOneof("target")
         if target is None:
             raise InvalidArgument.field("target", "set one of key or query")
-        if target == "key" and not request.key:
-            raise InvalidArgument.field("key", "must not be empty")
-        if len(request.key) > requests.MAX_KEY:
-            raise InvalidArgument.field("key", f"at most {requests.MAX_KEY} characters")
-        query = requests.persons_request(request.query, self.tokens) if target == "query" else None
-        session_id = self._session_id(context)
-        if session_id is None:
-            raise NotFound("ExplainCacheKey looks at the caller's session: send its 'session-id'")
+        query = self._key_or_query(target, request.key, request.query)
+        session_id = self._caller_session(context, "ExplainCacheKey looks at")
         async with self._session(session_id, context, create=False) as state:
             key = self.service.key_of(query) if query is not None else request.key
             store = self.registry.store_of(state)

@@ -48,8 +48,8 @@ from sesscache_server.errors import (
     ServiceError,
     quote,
 )
-from sesscache_server.requests import MAX_ID
-from sesscache_server.service import RESPONSE_RENDERING, etag_of, message_size, render_person
+from sesscache_server.persons import RESPONSE_RENDERING, etag_of, message_size, render_person
+from sesscache_server.validation import MAX_ID
 
 log = logging.getLogger(__name__)
 

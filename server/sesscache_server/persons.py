@@ -35,7 +35,7 @@ from sesscache.store import Hit, Miss, RemovalReason, value_size
 from sesscache.v1 import sesscache_pb2 as pb
 from sesscache_server.inspection import miss_message
 from sesscache_server.paging import PageTokens
-from sesscache_server.requests import PersonsRequest, persons_next_token
+from sesscache_server.validation import PersonsRequest, persons_next_token
 
 log = logging.getLogger(__name__)
 
