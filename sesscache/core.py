@@ -72,14 +72,11 @@ class CacheCore:
     ) -> tuple[SessionState, Entry, Any] | None:
         """(session, entry, rendering) when ``key`` is a live, rendered entry of the
         caller's session and no call is using the session; else None (no I/O)."""
-        state = self.registry.open(session_id, principal=principal)
-        try:
-            if state.lock.locked():
-                return None  # a call is using the session: wait for it (see session())
-            found = self.rendered(state, key, rendering)
-            return None if found is None else (state, *found)
-        finally:
-            self.registry.release(state)
+        state = self.registry.use(session_id, principal=principal)
+        if state is None or state.lock.locked():
+            return None  # a new session, or a call is using it: see session()
+        found = self.rendered(state, key, rendering)
+        return None if found is None else (state, *found)
 
     def rendered(self, state: SessionState, key: str, rendering: str) -> tuple[Entry, Any] | None:
         """(entry, rendering) for a live entry of ``state`` holding ``rendering``,

@@ -346,6 +346,19 @@ class SessionRegistry:
         """The state of an existing session, without opening it."""
         return self._states.get((principal, session_id))
 
+    def use(self, session_id: str, *, principal: str = "") -> SessionState | None:
+        """An existing session, marked used now (recency, last active), for a caller
+        done with it before anything else can run on the loop: the hit path. None
+        when there is no such session (a new one has nothing cached)."""
+        with self._lock:
+            state = self._states.get((principal, session_id))
+            if state is not None:
+                self._states.move_to_end(state.key)
+                self._by_principal[principal].move_to_end(state.key)
+                state.last_active = time.time()
+                state.last_active_monotonic = time.monotonic()
+            return state
+
     def by_handle(self, handle: str) -> SessionState | None:
         """The live session whose :attr:`SessionState.handle` is ``handle``."""
         return self._by_handle.get(handle)

@@ -26,6 +26,7 @@ from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TextIO
 
 import grpc
 from dogpile.cache.region import CacheRegion
@@ -136,8 +137,14 @@ class Running:
             await self.http.stop()
 
 
-async def start(settings: config.Settings, engine: Engine) -> Running:
-    """Start serving on ``settings.listen`` (port 0 picks a free port)."""
+async def start(
+    settings: config.Settings, engine: Engine, *, access_stream: TextIO | None = None
+) -> Running:
+    """Start serving on ``settings.listen`` (port 0 picks a free port).
+
+    ``access_stream``: where the access log writes its lines itself (formatted
+    as the server's logging does), instead of through :mod:`logging`.
+    """
     tokens_by_digest = auth.load_tokens(settings.auth_tokens_file, settings.auth_tokens)
     keys = ServerKeys(settings.effective_secret())
     # With authentication on, a session id is a capability: logs and listings
@@ -174,7 +181,7 @@ async def start(settings: config.Settings, engine: Engine) -> Running:
 
     http_listen = settings.effective_http_listen()
     metrics = Metrics(inspector, registry) if http_listen else None
-    access = _access_log(label, metrics)
+    access = _access_log(label, metrics, access_stream)
     server = grpc_server(settings)
     add_service(
         server,
@@ -302,9 +309,10 @@ def client_gone(record: logging.LogRecord) -> bool:
     return True
 
 
-def _access_log(label: Label | None, metrics: Metrics | None) -> AccessLog:
+def _access_log(label: Label | None, metrics: Metrics | None, stream: TextIO | None) -> AccessLog:
     """The access log, feeding the latency histogram when metrics are on."""
-    access = AccessLog(label=label, observe=metrics.observe if metrics is not None else None)
+    observe = metrics.observe if metrics is not None else None
+    access = AccessLog(label=label, observe=observe, stream=stream)
     if metrics is not None:
         metrics.flushers.append(access.flush)
     return access
@@ -398,10 +406,12 @@ async def _upkeep(registry: SessionRegistry, regions: list[CacheRegion]) -> None
             memory.release()
 
 
-async def serve(settings: config.Settings, engine: Engine) -> int:
+async def serve(
+    settings: config.Settings, engine: Engine, *, access_stream: TextIO | None = None
+) -> int:
     """Serve until SIGTERM or SIGINT, then drain; return the exit status."""
     try:
-        running = await start(settings, engine)
+        running = await start(settings, engine, access_stream=access_stream)
     except (OSError, ValueError) as error:  # port taken, unreadable TLS or token file
         log.error("%s", error)
         engine.dispose()
@@ -432,6 +442,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
+    # The format names no thread or process: a record need not look them up
+    # (a third of what a record of the access log costs).
+    logging.logThreads = logging.logProcesses = logging.logMultiprocessing = False
     logging.getLogger("grpc._cython.cygrpc").addFilter(client_gone)
     try:
         engine = prepare(settings)
@@ -449,7 +462,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     code = 0
     with contextlib.suppress(KeyboardInterrupt):
-        code = asyncio.run(serve(settings, engine))
+        # The access log's lines go to stderr as the logging set up above
+        # would write them, in batches (see sesscache_server.calls.AccessLog).
+        code = asyncio.run(serve(settings, engine, access_stream=sys.stderr))
     # Idle workers exit as soon as they see the executor's shutdown; give them a
     # moment, so that only threads still running database work count below.
     deadline = time.monotonic() + 0.2
