@@ -88,25 +88,16 @@ class AsyncClient(ClientCalls, AsyncScope, BaseClient[grpc.aio.Channel]):
         return response
 
     def _unary_unary(self, method: Method[Any, _R]) -> grpc.aio.UnaryUnaryMultiCallable[Any, _R]:
-        # One multicallable per method and client (making one costs about 20 us).
-        callable_ = self._callables.get(method.path)
-        if callable_ is None:
-            callable_ = self._callables[method.path] = self._channel.unary_unary(
-                method.path,
-                request_serializer=method.serialize,
-                response_deserializer=method.deserialize,
-            )
-        return callable_
+        found: grpc.aio.UnaryUnaryMultiCallable[Any, _R] = self._multicallable(
+            method, self._channel.unary_unary
+        )
+        return found
 
     def _unary_stream(self, method: Method[Any, _R]) -> grpc.aio.UnaryStreamMultiCallable[Any, _R]:
-        callable_ = self._callables.get(method.path)
-        if callable_ is None:
-            callable_ = self._callables[method.path] = self._channel.unary_stream(
-                method.path,
-                request_serializer=method.serialize,
-                response_deserializer=method.deserialize,
-            )
-        return callable_
+        found: grpc.aio.UnaryStreamMultiCallable[Any, _R] = self._multicallable(
+            method, self._channel.unary_stream
+        )
+        return found
 
     async def _run(self, plan: Plan[_R]) -> _R:
         try:
