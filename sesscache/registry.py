@@ -612,6 +612,8 @@ class SessionRegistry:
                 self.scoped.registry.clear()
                 store = store_for(session, create=False)
                 dropped = len(store) if store is not None else 0
+                if store is not None:
+                    store.detach()  # off the totals now: a trim() sees the room at once
                 self._close(session, store)
         finally:
             _scope.reset(token)

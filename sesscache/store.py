@@ -177,8 +177,10 @@ SizeListener = Callable[[int, int], None]
 #: the dictionaries of the store that index it (measured on CPython 3.11).
 ENTRY_OVERHEAD = 900
 
-#: Removals a store remembers (by key digest) to explain later misses.
-REMOVALS_KEPT = 64
+#: Removals a store remembers (by key digest) to explain later misses, and
+#: the bytes one of them holds (digest, record, its slot; tracemalloc).
+REMOVALS_KEPT = 32
+REMOVAL_SIZE = 240
 
 _STR = 49
 
@@ -244,8 +246,9 @@ class SessionStore:
         entry = self._lru.get(key)
         if entry is not None:
             now = time.time() if now is None else now
-            if not expire or entry.expires_at is None or entry.expires_at > now:
-                if count:
+            live = entry.expires_at is None or entry.expires_at > now
+            if live or not expire:
+                if count and live:  # a stale value served on request is no hit
                     entry.hits += 1
                     entry.last_access = now
                     self._lru.move_to_end(key)
@@ -262,7 +265,9 @@ class SessionStore:
 
     def put(self, key: str, value: CachedValue, region: str) -> Entry:
         """Store ``value`` under ``key`` (replacing any entry), then apply the limits."""
-        self._drop(key)
+        old = self._drop(key)
+        if old is not None and old.expires_at is not None and old.expires_at <= time.time():
+            self._removed(old, Removal(RemovalReason.EXPIRED, old.expires_at))
         payload = value.payload
         description = payload.describe() if isinstance(payload, Describable) else Description()
         stored_at = value.metadata.get("ct", time.time()) if value.metadata else time.time()
@@ -308,6 +313,19 @@ class SessionStore:
         if entry is not None:
             self._removed(entry, Removal(reason, time.time(), change, detail))
         return entry
+
+    @property
+    def removals_size(self) -> int:
+        """Bytes the record of removals holds (see :data:`REMOVAL_SIZE`)."""
+        return len(self.removals) * REMOVAL_SIZE
+
+    def detach(self) -> None:
+        """Take everything this store holds off its listener's totals at once (its
+        session ended; the store itself is freed later, wherever it is closed)."""
+        if self.on_size is not None:
+            self.on_size(-len(self._lru), -(self.bytes + self.removals_size))
+        self.on_size = None
+        self.on_removal = None
 
     def clear(self, reason: RemovalReason) -> list[Entry]:
         """Remove every entry for ``reason``; return them, oldest first.
@@ -363,10 +381,15 @@ class SessionStore:
         elif removal.reason is RemovalReason.EXPIRED:
             self.expirations += 1
         removals = self.removals
+        known = len(removals)
         removals[entry.digest] = removal
         removals.move_to_end(entry.digest)
         if len(removals) > REMOVALS_KEPT:
             removals.popitem(last=False)
+        if len(removals) != known and self.on_size is not None:
+            # Counted in the totals (and so in the server's byte limit), not in
+            # the session's own budget: they never evict an entry.
+            self.on_size(0, REMOVAL_SIZE)
         log.debug("cache entry %s %s (region %s)", entry.digest, removal.reason.value, entry.region)
         if self.on_removal is not None:
             self.on_removal(entry, removal.reason)

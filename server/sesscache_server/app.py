@@ -129,7 +129,7 @@ class Running:
         self.servicer.abandon_database_work()
         await stopping
         if self.access is not None:
-            self.access.flush()  # the lines of the last calls
+            self.access.close()  # the lines of the last calls, and of any cancelled later
         self.executor.shutdown(wait=False, cancel_futures=True)
         self.registry.close_all()
         self.engine.dispose()

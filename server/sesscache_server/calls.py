@@ -120,6 +120,10 @@ class AccessLog:
         self._pending: list[tuple[CallRecord, str, float, float]] = []
         self._second = -1
         self._stamp = ""
+        #: Set by :meth:`close`: from then on each call's line is written at once.
+        self.closed = False
+        #: Batches that could not be written (a broken stderr, say): dropped, counted.
+        self.failed_batches = 0
 
     @property
     def enabled(self) -> bool:
@@ -129,14 +133,29 @@ class AccessLog:
     def add(self, record: CallRecord, status: str, elapsed: float) -> None:
         pending = self._pending
         pending.append((record, status, elapsed, time.time()))
-        if len(pending) >= MAX_PENDING:
+        if len(pending) >= MAX_PENDING or self.closed:
             self.flush()
 
+    def close(self) -> None:
+        """Flush, and write what comes after (calls cancelled at shutdown) at once."""
+        self.closed = True
+        self.flush()
+
     def flush(self) -> None:
-        """Write every pending line and observation now."""
+        """Write every pending line and observation now. Never raises: a batch
+        that cannot be written is dropped and counted (:attr:`failed_batches`),
+        so logging never fails a call or a shutdown."""
         pending, self._pending = self._pending, []
         if not pending:
             return
+        try:
+            self._write(pending)
+        except Exception as error:  # a closed or broken stream, an observer's bug
+            self.failed_batches += 1
+            if self.failed_batches == 1:
+                log.warning("access log lines dropped (%s); counting, not repeating", error)
+
+    def _write(self, pending: list[tuple[CallRecord, str, float, float]]) -> None:
         observe = self.observe
         if observe is not None:
             for record, status, elapsed, _ in pending:
@@ -200,6 +219,12 @@ def _decode(deserialize: Callable[[bytes], Any], raw: bytes) -> Any:
         ) from None
 
 
+def _cancelled(context: Context) -> str:
+    """The status of a call cancelled under the server: past its deadline, or not."""
+    remaining = context.time_remaining()
+    return "DEADLINE_EXCEEDED" if remaining is not None and remaining <= 0 else "CANCELLED"
+
+
 def _status_of(context: Context) -> str:
     code = context.code()
     return "OK" if code is None else getattr(code, "name", str(code))
@@ -249,13 +274,17 @@ class CallWrapper:
 
         async def call(raw: bytes, context: Context) -> Any:
             record, started = self._enter_record(method)
+            status = None
             try:
                 self._authenticate(context)
                 return await behavior(_decode(deserialize, raw), context)
+            except asyncio.CancelledError:
+                status = _cancelled(context)
+                raise
             except Exception as error:
                 await self._fail(context, error)
             finally:
-                self._done(record, context, started)
+                self._done(record, context, started, status)
 
         return call
 
@@ -266,14 +295,18 @@ class CallWrapper:
 
         async def call(raw: bytes, context: Context) -> AsyncIterator[Any]:
             record, started = self._enter_record(method)
+            status = None
             try:
                 self._authenticate(context)
                 async for response in behavior(_decode(deserialize, raw), context):
                     yield response
+            except asyncio.CancelledError:
+                status = _cancelled(context)
+                raise
             except Exception as error:
                 await self._fail(context, error)
             finally:
-                self._done(record, context, started)
+                self._done(record, context, started, status)
 
         return call
 
@@ -283,9 +316,12 @@ class CallWrapper:
             raise error
         await abort(context, error, database=self.database)
 
-    def _done(self, record: CallRecord | None, context: Context, started: float) -> None:
+    def _done(
+        self, record: CallRecord | None, context: Context, started: float, status: str | None
+    ) -> None:
         if record is not None and self.access is not None:
-            self.access.add(record, _status_of(context), time.perf_counter() - started)
+            status = status or _status_of(context)
+            self.access.add(record, status, time.perf_counter() - started)
 
     def method_handlers(self, servicer: object, service: ServiceDescriptor) -> dict[str, Handler]:
         """A handler for each method of ``service``, served by ``servicer``'s method of

@@ -40,6 +40,7 @@ from sesscache.store import (
     Entry,
     Miss,
     MissReason,
+    Removal,
     RemovalReason,
     SessionStore,
 )
@@ -635,11 +636,18 @@ class SessionCacheServicer(pb_grpc.SessionCacheServicer):
             if store is None:
                 return pb.ExplainCacheKeyResponse(miss=miss_message(Miss(MissReason.NEW_SESSION)))
             entry = store.peek(key) or next((e for e in store if e.digest == key), None)
-            expires_in = entry.expires_in() if entry is not None else None
-            if entry is not None and (expires_in is None or expires_in > 0):
-                return pb.ExplainCacheKeyResponse(cached=True, entry=entry_message(entry))
-            removal = store.removals.get(key) if len(key) == DIGEST_LENGTH else None
-            miss = Miss(MISS_REASON_OF[removal.reason], removal) if removal else None
+            if entry is not None:
+                expires_in = entry.expires_in()
+                if expires_in is None or expires_in > 0:
+                    return pb.ExplainCacheKeyResponse(cached=True, entry=entry_message(entry))
+                # Expired, not yet swept: the next lookup removes it as EXPIRED.
+                assert entry.expires_at is not None
+                removal = Removal(RemovalReason.EXPIRED, entry.expires_at)
+                return pb.ExplainCacheKeyResponse(
+                    miss=miss_message(Miss(MissReason.EXPIRED, removal))
+                )
+            recorded = store.removals.get(key) if len(key) == DIGEST_LENGTH else None
+            miss = Miss(MISS_REASON_OF[recorded.reason], recorded) if recorded else None
             return pb.ExplainCacheKeyResponse(miss=miss_message(miss or store.why_missing(key)))
 
     @staticmethod
