@@ -50,12 +50,15 @@ class EventType(enum.Enum):
     SESSION_END = "session_end"
 
 
-#: The event each way out of a cache is shown as (failed calls' entries: none).
-REMOVAL_EVENTS: Mapping[RemovalReason, EventType] = {
+#: The event each way out of a cache is shown as: every reason is listed (a
+#: failed call's entry: none; a session end is one SESSION_END for the session).
+REMOVAL_EVENTS: Mapping[RemovalReason, EventType | None] = {
     RemovalReason.EVICTED: EventType.EVICT,
     RemovalReason.EXPIRED: EventType.EXPIRE,
     RemovalReason.INVALIDATED: EventType.INVALIDATE,
     RemovalReason.CHANGED: EventType.INVALIDATE,
+    RemovalReason.FAILED: None,
+    RemovalReason.SESSION_ENDED: None,
 }
 
 

@@ -256,7 +256,7 @@ class SessionRegistry:
 
     def _entry_removed(self, key: ScopeKey, entry: Entry, reason: RemovalReason) -> None:
         state = self._states.get(key)
-        counter = REMOVAL_COUNTERS.get(reason)
+        counter = REMOVAL_COUNTERS[reason]
         if state is not None and counter is not None:
             for counters in (state.counters, state.principal_counters):
                 if counters is not None:

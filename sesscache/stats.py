@@ -37,12 +37,15 @@ COUNTERS: Mapping[str, str] = {
 }
 FIELDS = tuple(COUNTERS)
 
-#: The counter each way out of a cache counts in (session ends count nothing).
-REMOVAL_COUNTERS: Mapping[RemovalReason, str] = {
+#: The counter each way out of a cache counts in: every reason is listed (a
+#: failed call's entry never served anyone; a session end counts as one).
+REMOVAL_COUNTERS: Mapping[RemovalReason, str | None] = {
     RemovalReason.EVICTED: "evictions",
     RemovalReason.EXPIRED: "expirations",
     RemovalReason.INVALIDATED: "invalidations",
     RemovalReason.CHANGED: "invalidations",
+    RemovalReason.FAILED: None,
+    RemovalReason.SESSION_ENDED: None,
 }
 
 

@@ -23,3 +23,13 @@ def test_counters_count_and_reset() -> None:
     assert counters.snapshot().hit_ratio == 2 / 3
     before = counters.reset()
     assert (before.hits, counters.snapshot().hits, counters.totals().hits) == (2, 0, 2)
+
+
+def test_every_removal_reason_has_its_counter_and_event() -> None:
+    from sesscache.events import REMOVAL_EVENTS
+    from sesscache.stats import REMOVAL_COUNTERS
+    from sesscache.store import MISS_REASON_OF, RemovalReason
+
+    assert set(REMOVAL_COUNTERS) == set(RemovalReason)
+    assert set(REMOVAL_EVENTS) == set(RemovalReason)
+    assert set(MISS_REASON_OF) == set(RemovalReason)

@@ -389,9 +389,8 @@ async def _upkeep(registry: SessionRegistry, regions: list[CacheRegion]) -> None
         await asyncio.sleep(min(interval, 5.0))
         registry.reap()
         for region in regions:
-            sweep = getattr(region.backend, "sweep", None)
-            if sweep is not None:
-                sweep()
+            if isinstance(region.backend, SharedMemoryBackend):
+                region.backend.sweep()  # Redis expires its own keys
         ended = registry.sessions_ended - trimmed_at
         quiet = idle(registry)
         if (

@@ -56,13 +56,11 @@ class Inspector:
     # -- RegistryObserver ----------------------------------------------------
 
     def entry_removed(self, key: ScopeKey, entry: Entry, reason: RemovalReason) -> None:
-        counter = REMOVAL_COUNTERS.get(reason)
-        if counter is None:
-            return  # taken back after a failed call: it never served anyone
-        self.counters.add(**{counter: 1})
-        self.events.publish(
-            REMOVAL_EVENTS[reason], key, region=entry.region, key=entry.key, rows=entry.rows
-        )
+        counter, kind = REMOVAL_COUNTERS[reason], REMOVAL_EVENTS[reason]
+        if counter is not None:
+            self.counters.add(**{counter: 1})
+        if kind is not None:
+            self.events.publish(kind, key, region=entry.region, key=entry.key, rows=entry.rows)
 
     def session_ended(self, state: SessionState, reason: EndReason, keys_dropped: int) -> None:
         self.events.publish(EventType.SESSION_END, state.key, rows=keys_dropped)

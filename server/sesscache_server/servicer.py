@@ -669,12 +669,12 @@ def _principal_text(name: str) -> str:
 
 def _live_objects(entry: Entry) -> int:
     """How many of the entry's objects are still in a session (not expunged)."""
-    frozen = getattr(entry.value.payload, "frozen", None)
-    if frozen is None:
+    payload = entry.value.payload
+    if not isinstance(payload, CachedResult):
         return 0
     return sum(
         1
-        for row in frozen.data
+        for row in payload.frozen.data
         for obj in (row if isinstance(row, tuple) else (row,))
         if object_session(obj) is not None
     )
