@@ -67,8 +67,8 @@ function errorBox(error) {
   return box;
 }
 
-function card(label, value, extra) {
-  return h('div', { class: 'card' }, h('div', { class: 'label', text: label }),
+function card(label, value, extra, id) {
+  return h('div', { class: 'card', id: id ? `card-${id}` : undefined }, h('div', { class: 'label', text: label }),
     h('div', { class: 'value', text: value }), extra ? h('div', { class: 'extra', text: extra }) : null);
 }
 
@@ -127,6 +127,18 @@ async function render() {
   }
 }
 
+function limitText(name, value) {
+  if (name.includes('bytes')) return bytes(value);
+  if (name.endsWith('timeout')) return Number(value) < 0 ? 'never' : duration(`${value}s`);
+  return num(value);
+}
+
+/** The database URL (password masked by the server); of a SQLite file, its name only. */
+function databaseText(info) {
+  const url = String(info.database_url || '');
+  return info.database_kind === 'sqlite' ? url.split('/').pop() : url;
+}
+
 // -- Overview ------------------------------------------------------------------------
 
 async function overview() {
@@ -134,8 +146,8 @@ async function overview() {
   view.append(h('h1', { text: 'Overview' }));
   view.append(h('div', { class: 'cards' },
     card('version', info.version, info.python_version),
-    card('uptime', duration(info.uptime), `since ${when(info.started)}`),
-    card('database', info.database_kind, info.database_url),
+    card('uptime', duration(info.uptime), `since ${when(info.started)}`, 'uptime'),
+    card('database', info.database_kind, databaseText(info)),
     card('replica', info.replica)));
   const cards = h('div', { class: 'cards', id: 'stats' });
   view.append(h('h2', { class: 'sub', text: me.admin ? 'The whole server' : 'Your sessions' }),
@@ -148,17 +160,18 @@ async function overview() {
   ];
   const plot = new Plot(canvas, series);
   const rates = h('div', { class: 'legend' });
-  view.append(section('Hits, misses and SQL saved per second (last 5 minutes)', rates, canvas));
+  view.append(section('Hits, misses and SQL saved per second (up to the last 5 minutes)', rates, canvas));
   if (me.admin) {
     const settings = info.settings || {};
-    view.append(section('Limits', h('table', { class: 'kv' },
-      h('tbody', {}, LIMITS.filter((name) => name in settings).map((name) =>
-        h('tr', {}, h('th', { text: name }), h('td', { text: settings[name] })))))));
     const recent = h('div', { id: 'recent' });
     view.append(section('Most recently active sessions', recent));
+    view.append(section('Limits', h('div', { class: 'limits' },
+      LIMITS.filter((name) => name in settings).map((name) => h('div', { class: 'limit' },
+        h('span', { class: 'muted', text: name.replaceAll('_', ' ') }),
+        h('strong', { text: limitText(name, settings[name]) }))))));
     const refresh = async () => {
       try {
-        const page = await call('ListSessions', { page_size: 10, order_by: SESSION_ORDERS.last_active });
+        const page = await call('ListSessions', { page_size: 8, order_by: SESSION_ORDERS.last_active });
         fill(recent, sessionTable(page.sessions, null),
           h('p', { class: 'muted' }, `${num(page.total_size)} live sessions · `,
             h('a', { href: '#/sessions?order=last_active', text: 'all sessions' })));
@@ -173,6 +186,9 @@ async function overview() {
   let previous = null;
   const stream = follow({ stats: 1 }, {
     stats(frame) {
+      const uptime = document.querySelector('#card-uptime .value');
+      const started = Date.parse(info.started) / 1000;
+      if (uptime && started) uptime.textContent = duration(`${Math.max(0, frame.time - started)}s`);
       const stats = (me.admin ? frame.server : frame.principal) || {};
       fill(cards,
         card('sessions', num(stats.sessions)),

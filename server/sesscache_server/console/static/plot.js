@@ -31,7 +31,8 @@ export class Plot {
     const right = width - 8;
     let max = 1;
     for (const p of this.points) for (const v of p.values) max = Math.max(max, v);
-    max = niceCeil(max);
+    const step = niceStep(max / 4);
+    max = step * 4;
     g.font = '11px system-ui, sans-serif';
     g.fillStyle = '#6b7280';
     g.strokeStyle = '#e5e7eb';
@@ -47,14 +48,18 @@ export class Plot {
       g.fillText(short((max * i) / 4), left - 6, y);
     }
     const now = this.points.length ? this.points[this.points.length - 1].t : Date.now() / 1000;
-    const span = this.capacity;
+    // The last 30 seconds at first, growing with the data up to the capacity.
+    const oldest = this.points.length ? this.points[0].t : now;
+    const span = Math.min(this.capacity, Math.max(30, Math.ceil((now - oldest) / 30) * 30));
     const x = (t) => right - ((now - t) / span) * (right - left);
     g.textAlign = 'center';
     g.textBaseline = 'top';
-    for (let m = 0; m <= span / 60; m += 1) {
-      const xx = x(now - m * 60);
-      if (xx < left) break;
-      g.fillText(m === 0 ? 'now' : `-${m}m`, xx, bottom + 4);
+    const tick = span <= 30 ? 5 : span <= 90 ? 15 : 60;
+    for (let k = 0; k * tick <= span; k += 1) {
+      const xx = x(now - k * tick);
+      if (xx < left - 1) break;
+      const label = k === 0 ? 'now' : tick === 60 ? `-${k}m` : `-${k * tick}s`;
+      g.fillText(label, Math.max(left + 12, Math.min(right - 12, xx)), bottom + 4);
     }
     this.series.forEach((s, index) => {
       g.strokeStyle = s.color;
@@ -73,9 +78,9 @@ export class Plot {
   }
 }
 
-function niceCeil(value) {
+function niceStep(value) {
   const power = 10 ** Math.floor(Math.log10(value));
-  for (const step of [1, 2, 5, 10]) if (value <= step * power) return step * power;
+  for (const step of [1, 2, 2.5, 5, 10]) if (value <= step * power) return step * power;
   return 10 * power;
 }
 
