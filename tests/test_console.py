@@ -238,7 +238,7 @@ def test_console_sessions_entries_and_live_events(
     browser.find_element(By.CSS_SELECTOR, "#open-session button").click()
     wait(browser, lambda d: "session-id" in text_of(d, ".error"))
     assert "INVALID_ARGUMENT" in text_of(browser, ".error")
-    assert BAD_SESSION in browser.find_element(By.ID, "session-id").get_attribute("value")
+    assert browser.find_element(By.ID, "session-id").get_attribute("value") == BAD_SESSION
     no_injection(browser)
     browser.save_screenshot(str(tmp_path / "bad-session.png"))
 
