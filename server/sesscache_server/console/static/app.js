@@ -125,6 +125,7 @@ async function render() {
   } catch (error) {
     view.append(errorBox(error));
   }
+  performance.mark(`rendered:${page}`); // for bench.console's page-load figures
 }
 
 function limitText(name, value) {
