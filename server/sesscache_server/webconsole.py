@@ -83,6 +83,8 @@ HEARTBEAT = 15.0
 #: Events read ahead of the HTTP client; beyond it the event ring keeps them (and counts
 #: what it drops in ``lost``).
 EVENT_QUEUE = 256
+#: Events written to the HTTP client at once, at most.
+WRITE_BATCH = 64
 _LOOPBACK_NAMES = ("localhost", "localhost.")
 
 
@@ -321,7 +323,7 @@ class Console:
                 await _send(response, "error", item.body())
                 return
             if isinstance(item, Message):
-                await _send(response, "cache", to_json(item))
+                await response.write(_batch(item, queue))
                 quiet_since = loop.time()
                 continue
             next_tick = loop.time() + STATS_INTERVAL
@@ -356,9 +358,26 @@ def _stats_frame(stats: Message) -> dict[str, Any]:
     return frame
 
 
-async def _send(response: web.StreamResponse, event: str, data: Any) -> None:
+def _batch(first: Message, queue: asyncio.Queue[Message | CallError | None]) -> bytes:
+    """The frames of ``first`` and of the events ready after it (at most WRITE_BATCH), for
+    one write."""
+    frames = [_frame("cache", to_json(first))]
+    while len(frames) < WRITE_BATCH and not queue.empty():
+        following = queue.get_nowait()
+        if not isinstance(following, Message):
+            queue.put_nowait(following)  # the end, or an error: after these
+            break
+        frames.append(_frame("cache", to_json(following)))
+    return b"".join(frames)
+
+
+def _frame(event: str, data: Any) -> bytes:
     payload = json.dumps(data, separators=(",", ":"), ensure_ascii=False)
-    await response.write(f"event: {event}\ndata: {payload}\n\n".encode())
+    return f"event: {event}\ndata: {payload}\n\n".encode()
+
+
+async def _send(response: web.StreamResponse, event: str, data: Any) -> None:
+    await response.write(_frame(event, data))
 
 
 _EVENT_TYPE_NAMES = frozenset(pb.CacheEventType.keys()) - {"CACHE_EVENT_TYPE_UNSPECIFIED"}
