@@ -35,10 +35,13 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import grpc
+
 from bench import servers
 from bench.loadgen import LoadGenerator, Workload
 from bench.servers import ROOT, Child
 from sesscache.v1 import sesscache_pb2 as pb
+from sesscache.v1 import sesscache_pb2_grpc as pb_grpc
 
 QUERY = "/sesscache.v1.SessionCache/QueryPersons"
 API = "/api/sesscache.v1.SessionCache/"
@@ -112,30 +115,65 @@ def hit_path(
         duration=duration,
         expect=("QueryPersonsResponse", "cache_status", pb.CACHE_STATUS_HIT),
     )
-    closed: list[float] = []
-    opened: list[float] = []
+    sides: dict[str, list[float]] = {side: [] for side in SIDES}
     frames = 0
     for number in range(rounds):
-        for side in ("closed", "open") if number % 2 == 0 else ("open", "closed"):
-            streams = [Stream(port, "all=1&stats=0"), Stream(port, "")] if side == "open" else []
+        order = SIDES if number % 2 == 0 else tuple(reversed(SIDES))
+        for side in order:
+            readers: list[Stream | GrpcWatch] = []
+            if side == "overview":
+                readers = [Stream(port, "")]
+            elif side == "live_events":
+                readers = [Stream(port, "all=1&stats=0"), Stream(port, "")]
+            elif side == "grpc_watch_all":
+                readers = [GrpcWatch(target)]
             try:
                 result = load.run(work)
             finally:
-                for stream in streams:
-                    stream.close()
-                frames += sum(stream.frames for stream in streams)
+                for reader in readers:
+                    reader.close()
+                frames += sum(reader.frames for reader in readers)
             if result.errors or result.wrong_status:
                 raise RuntimeError(f"hit round failed: {result.first_error or 'not a HIT'}")
-            (opened if side == "open" else closed).append(result.calls_per_s)
-    return {
-        "closed_calls_per_s": statistics.median(closed),
-        "open_calls_per_s": statistics.median(opened),
-        "ratio_open_over_closed": statistics.median(opened) / statistics.median(closed),
-        "rounds": rounds,
-        "round_seconds": duration,
-        "inflight": inflight,
-        "frames_read_while_open": frames,
+            sides[side].append(result.calls_per_s)
+    closed = statistics.median(sides["closed"])
+    figures: dict[str, Any] = {
+        f"{side}_calls_per_s": statistics.median(values) for side, values in sides.items()
     }
+    for side in SIDES[1:]:
+        figures[f"ratio_{side}_over_closed"] = round(figures[f"{side}_calls_per_s"] / closed, 3)
+    figures.update(rounds=rounds, round_seconds=duration, inflight=inflight, frames=frames)
+    return figures
+
+
+#: The hit rounds: no console; the overview open (statistics each second); the Live
+#: events page open (every session's events, and statistics); for reference, a gRPC
+#: client watching every session (the same events, without the console).
+SIDES = ("closed", "overview", "live_events", "grpc_watch_all")
+
+
+class GrpcWatch(threading.Thread):
+    """WatchCacheEvents(all_sessions) over gRPC, read by a thread; counts its events."""
+
+    def __init__(self, target: str) -> None:
+        super().__init__(daemon=True)
+        self.channel = grpc.insecure_channel(target)
+        stub = pb_grpc.SessionCacheStub(self.channel)
+        self.call: Any = stub.WatchCacheEvents(pb.WatchCacheEventsRequest(all_sessions=True))
+        self.frames = 0
+        self.start()
+        time.sleep(0.2)  # subscribed before the round starts
+
+    def run(self) -> None:
+        try:
+            for _ in self.call:
+                self.frames += 1
+        except grpc.RpcError:
+            pass  # cancelled
+
+    def close(self) -> None:
+        self.call.cancel()
+        self.channel.close()
 
 
 def make_sessions(load: LoadGenerator, target: str, count: int) -> None:
@@ -214,7 +252,7 @@ def page_load(port: int, work: Path) -> dict[str, Any]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.console", description=__doc__)
-    parser.add_argument("--sessions", type=int, default=10_000)
+    parser.add_argument("--sessions", type=int, default=10_000, help="0: no page load")
     parser.add_argument("--rounds", type=int, default=6, help="rounds of each side")
     parser.add_argument("--duration", type=float, default=2.0, help="seconds per round")
     parser.add_argument("--inflight", type=int, default=8)
@@ -243,9 +281,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                     inflight=args.inflight,
                 )
             }
-            make_sessions(load, child.target, args.sessions)
-            results["list_sessions"] = list_sessions(port)
-            results["page_load"] = page_load(port, work)
+            if args.sessions:
+                make_sessions(load, child.target, args.sessions)
+                results["list_sessions"] = list_sessions(port)
+                results["page_load"] = page_load(port, work)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     args.out.parent.mkdir(parents=True, exist_ok=True)

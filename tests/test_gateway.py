@@ -28,7 +28,6 @@ from typing import Any
 import grpc
 import pytest
 
-from sesscache.v1 import sesscache_pb2 as pb
 from sesscache_client import Client
 from sesscache_server import config
 from sesscache_server.gateway import HTTP_STATUS, SERVICE
@@ -486,4 +485,19 @@ def test_start_up_prints_the_console_address(tmp_path: Path) -> None:
         status, body, _ = post(port, "GetServerInfo")
         assert status == 200
         assert body["database_kind"] == "sqlite"
-    assert isinstance(pb.ServerInfo, type)
+
+
+def test_stopping_server_ends_open_streams(make_server: MakeServer, tmp_path: Path) -> None:
+    server = make_server(f"sqlite:///{tmp_path}/stop.db", http_listen="127.0.0.1:0")
+    watching = EventStream(_port(server), "all=1")
+    stats_only = EventStream(_port(server), "")
+    try:
+        assert watching.next("stats")
+        assert stats_only.next("stats")
+        started = time.monotonic()
+        server.stop()
+        assert time.monotonic() - started < 5
+        assert watching.next("end")["reason"]
+    finally:
+        watching.close()
+        stats_only.close()

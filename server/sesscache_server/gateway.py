@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, NoReturn, cast
 
 import grpc
-from google.protobuf import json_format
+from google.protobuf import json_format, message_factory
 from google.protobuf.message import Message
 from google.rpc import error_details_pb2, status_pb2
 from grpc.aio import AbortError
@@ -114,13 +114,11 @@ def methods(servicer: pb_grpc.SessionCacheServicer) -> dict[str, Method]:
     found: dict[str, Method] = {}
     for descriptor in SERVICE.methods:
         handler = capture.handlers[descriptor.name]
-        request = pb.DESCRIPTOR.message_types_by_name.get(descriptor.input_type.name)
-        assert request is not None, descriptor.input_type.full_name
         found[descriptor.name] = Method(
             descriptor.name,
             f"/{SERVICE.full_name}/{descriptor.name}",
             handler,
-            getattr(pb, request.name),
+            message_factory.GetMessageClass(descriptor.input_type),
             descriptor.server_streaming,
         )
     return found

@@ -274,8 +274,8 @@ class Console:
             await response.write(b"retry: 2000\n\n")
             await _send(response, "stats", _stats_frame(first))
             await self._relay(request, response, queue, pump is not None, with_stats)
-        except (ConnectionError, asyncio.CancelledError):
-            pass  # the client went away (or the server is stopping)
+        except ConnectionError:
+            pass  # the client went away
         finally:
             self.streams -= 1
             if pump is not None:
@@ -307,15 +307,7 @@ class Console:
         next_tick = loop.time() + STATS_INTERVAL
         quiet_since = loop.time()
         while True:
-            timeout = max(0.0, next_tick - loop.time())
-            item: Message | CallError | bool | None = False
-            if watching:
-                try:
-                    item = await asyncio.wait_for(queue.get(), timeout)
-                except TimeoutError:
-                    item = False
-            else:
-                await asyncio.sleep(timeout)
+            item = await _next(queue, watching, max(0.0, next_tick - loop.time()))
             if item is None:
                 await _send(response, "end", {"reason": "the event stream ended"})
                 return
@@ -325,7 +317,8 @@ class Console:
             if isinstance(item, Message):
                 await response.write(_batch(item, queue))
                 quiet_since = loop.time()
-                continue
+                if loop.time() < next_tick:
+                    continue  # else a tick is due, however busy the stream
             next_tick = loop.time() + STATS_INTERVAL
             if request.transport is None or request.transport.is_closing():
                 return
@@ -356,6 +349,21 @@ def _stats_frame(stats: Message) -> dict[str, Any]:
     frame = to_json(stats)
     frame["time"] = time.time()
     return frame
+
+
+async def _next(
+    queue: asyncio.Queue[Message | CallError | None], watching: bool, wait: float
+) -> Message | CallError | bool | None:
+    """The next item of a stream's queue, or False when ``wait`` seconds pass first."""
+    if not watching:
+        await asyncio.sleep(wait)
+        return False
+    if not queue.empty():
+        return queue.get_nowait()  # busy: no timer, no task per event
+    try:
+        return await asyncio.wait_for(queue.get(), wait)
+    except TimeoutError:
+        return False
 
 
 def _batch(first: Message, queue: asyncio.Queue[Message | CallError | None]) -> bytes:
