@@ -100,8 +100,13 @@ def post(port: int, method: str, body: dict[str, Any]) -> tuple[float, dict[str,
 
 
 def hit_path(
-    load: LoadGenerator, target: str, port: int, *, rounds: int, duration: float, inflight: int
+    load: LoadGenerator, child: Child, port: int, *, rounds: int, duration: float, inflight: int
 ) -> dict[str, Any]:
+    """Hit throughput, and the server's CPU time per hit, of each side (see SIDES).
+
+    On a shared machine throughput moves with everyone else's load; CPU time per
+    call much less, so both are given."""
+    target = child.target
     request = pb.QueryPersonsRequest(name="person 10").SerializeToString()
     sessions = tuple(f"bench-hit-{n}" for n in range(inflight))
     warm = Workload(target, QUERY, (request,), inflight=inflight, kind="each", sessions=sessions)
@@ -116,6 +121,7 @@ def hit_path(
         expect=("QueryPersonsResponse", "cache_status", pb.CACHE_STATUS_HIT),
     )
     sides: dict[str, list[float]] = {side: [] for side in SIDES}
+    cpu: dict[str, list[float]] = {side: [] for side in SIDES}
     frames = 0
     for number in range(rounds):
         order = SIDES if number % 2 == 0 else tuple(reversed(SIDES))
@@ -127,8 +133,10 @@ def hit_path(
                 readers = [Stream(port, "all=1&stats=0"), Stream(port, "")]
             elif side == "grpc_watch_all":
                 readers = [GrpcWatch(target)]
+            used = child.cpu_seconds()
             try:
                 result = load.run(work)
+                used = child.cpu_seconds() - used
             finally:
                 for reader in readers:
                     reader.close()
@@ -136,12 +144,22 @@ def hit_path(
             if result.errors or result.wrong_status:
                 raise RuntimeError(f"hit round failed: {result.first_error or 'not a HIT'}")
             sides[side].append(result.calls_per_s)
+            # Calls of the whole round (the warm-up too), from the measured rate.
+            calls = result.calls_per_s * (work.duration + work.warmup)
+            cpu[side].append(1e6 * used / max(calls, 1.0))
     closed = statistics.median(sides["closed"])
     figures: dict[str, Any] = {
         f"{side}_calls_per_s": statistics.median(values) for side, values in sides.items()
     }
+    closed_cpu = statistics.median(cpu["closed"])
     for side in SIDES[1:]:
         figures[f"ratio_{side}_over_closed"] = round(figures[f"{side}_calls_per_s"] / closed, 3)
+    for side in SIDES:
+        figures[f"{side}_server_cpu_us_per_hit"] = round(statistics.median(cpu[side]), 1)
+    for side in SIDES[1:]:
+        figures[f"cpu_ratio_{side}_over_closed"] = round(
+            statistics.median(cpu[side]) / closed_cpu, 3
+        )
     figures.update(rounds=rounds, round_seconds=duration, inflight=inflight, frames=frames)
     return figures
 
@@ -274,7 +292,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             results: dict[str, Any] = {
                 "hit_path": hit_path(
                     load,
-                    child.target,
+                    child,
                     port,
                     rounds=args.rounds,
                     duration=args.duration,

@@ -79,6 +79,7 @@ def browser(tmp_path_factory: pytest.TempPathFactory) -> Iterator[WebDriver]:
         f"--user-data-dir={tmp_path_factory.mktemp('chromium')}",
     ):
         options.add_argument(argument)
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
     driver = webdriver.Chrome(options=options, service=Service(driver_path))
     driver.set_page_load_timeout(30)
     try:
@@ -132,6 +133,18 @@ def no_injection(driver: WebDriver) -> None:
     """Nothing a client sent became an element or ran."""
     assert driver.execute_script("return document.querySelectorAll('main img, main b').length") == 0
     assert driver.execute_script("return window.__xss === undefined") is True
+
+
+def console_problems(driver: WebDriver) -> list[str]:
+    """The browser console's errors since the last call, but the HTTP errors the tests
+    provoke on purpose (a refused session id, a wrong token)."""
+    assert isinstance(driver, webdriver.Chrome)
+    return [
+        str(entry["message"])
+        for entry in driver.get_log("browser")  # type: ignore[no-untyped-call]
+        if entry["level"] == "SEVERE"
+        and "the server responded with a status of 4" not in entry["message"]
+    ]
 
 
 def row_with(driver: WebDriver, table: str, text: str) -> WebElement | None:
@@ -241,6 +254,8 @@ def test_console_sessions_entries_and_live_events(
     assert browser.find_element(By.ID, "session-id").get_attribute("value") == BAD_SESSION
     no_injection(browser)
     browser.save_screenshot(str(tmp_path / "bad-session.png"))
+    # Nothing the page does breaks its Content-Security-Policy, nor fails otherwise.
+    assert console_problems(browser) == []
 
 
 def test_non_admin_gets_no_admin_panels(
@@ -284,3 +299,4 @@ def test_non_admin_gets_no_admin_panels(
     browser.get(base + "#/entries?session=x")
     wait(browser, lambda d: d.find_elements(By.ID, "invalidate-shared"))
     browser.save_screenshot(str(tmp_path / "admin.png"))
+    assert console_problems(browser) == []
