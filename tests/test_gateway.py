@@ -28,9 +28,10 @@ from typing import Any
 import grpc
 import pytest
 
+from sesscache.v1 import sesscache_pb2 as pb
 from sesscache_client import Client
 from sesscache_server import config
-from sesscache_server.gateway import HTTP_STATUS, SERVICE
+from sesscache_server.gateway import HTTP_STATUS, SERVICE, to_json, to_json_fast
 from tests.support.servers import ServerProcess, ServerThread
 
 PREFIX = "/api/sesscache.v1.SessionCache/"
@@ -501,3 +502,17 @@ def test_stopping_server_ends_open_streams(make_server: MakeServer, tmp_path: Pa
     finally:
         watching.close()
         stats_only.close()
+
+
+def test_fast_json_is_json_format() -> None:
+    """The live events' renderer gives exactly what json_format gives, for every message
+    of the contract (flat ones rendered directly, the others by json_format)."""
+    event = pb.CacheEvent(
+        type=pb.CACHE_EVENT_TYPE_EVICT, session="s<b>", key="k" * 300, digest="ab", rows=2, lost=7
+    )
+    event.time.GetCurrentTime()
+    unknown_enum = pb.CacheEvent(type=99)  # type: ignore[arg-type]
+    samples: list[Any] = [event, unknown_enum, pb.SessionInfo(id="x", entries=3, size_bytes=2**40)]
+    samples += [getattr(pb, name)() for name in pb.DESCRIPTOR.message_types_by_name]
+    for message in samples:
+        assert to_json_fast(message) == to_json(message), type(message).__name__

@@ -50,6 +50,7 @@ from sesscache_server.gateway import (
     parse_request,
     short,
     to_json,
+    to_json_fast,
 )
 from sesscache_server.health import DrainingHealthServicer
 from sesscache_server.http import HttpServer, make_app, parse_listen
@@ -369,13 +370,13 @@ async def _next(
 def _batch(first: Message, queue: asyncio.Queue[Message | CallError | None]) -> bytes:
     """The frames of ``first`` and of the events ready after it (at most WRITE_BATCH), for
     one write."""
-    frames = [_frame("cache", to_json(first))]
+    frames = [_frame("cache", to_json_fast(first))]
     while len(frames) < WRITE_BATCH and not queue.empty():
         following = queue.get_nowait()
         if not isinstance(following, Message):
             queue.put_nowait(following)  # the end, or an error: after these
             break
-        frames.append(_frame("cache", to_json(following)))
+        frames.append(_frame("cache", to_json_fast(following)))
     return b"".join(frames)
 
 
