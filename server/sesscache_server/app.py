@@ -184,12 +184,8 @@ async def start(
     metrics = Metrics(inspector, registry) if http_listen else None
     access = _access_log(label, metrics, access_stream)
     server = grpc_server(settings)
-    add_service(
-        server,
-        CallWrapper(tokens=tokens_by_digest, access=access, database=engine.url),
-        servicer,
-        pb.DESCRIPTOR.services_by_name["SessionCache"],
-    )
+    wrapper = CallWrapper(tokens=tokens_by_digest, access=access, database=engine.url)
+    add_service(server, wrapper, servicer, pb.DESCRIPTOR.services_by_name["SessionCache"])
     health_servicer = DrainingHealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable(
@@ -214,7 +210,7 @@ async def start(
     if metrics is not None:
         try:
             http = await webconsole.start_http(
-                settings, metrics, health_servicer, Gateway(servicer, interceptors)
+                settings, metrics, health_servicer, Gateway(servicer, wrapper)
             )
         except (OSError, ValueError):  # already "cannot serve HTTP on HOST:PORT: ..."
             await server.stop(0)

@@ -3,10 +3,12 @@
 ``POST /api/sesscache.v1.SessionCache/<Method>`` with a JSON body (the request
 message in the proto3 JSON mapping, ``google.protobuf.json_format``) calls the
 servicer's own handler for every unary method of the service, and answers the
-response message as JSON. The methods come from the generated registration
-function, so a new RPC is transcoded without a line here, and every call runs
-through the same interceptors as a gRPC call (authentication, the error
-mapping, the access log): validation, limits and rights are the gRPC ones.
+response message as JSON. The methods are the handlers the server's
+:class:`~sesscache_server.calls.CallWrapper` builds from the service
+descriptor, the very ones the gRPC server serves, so a new RPC is transcoded
+without a line here, and every call is parsed, authenticated, logged and has
+its errors mapped as a gRPC call: validation, limits and rights are the gRPC
+ones.
 
 The call's metadata is made from the HTTP request: ``Authorization`` (``Bearer
 TOKEN``) and ``Session-Id`` headers become the ``authorization`` and
@@ -21,7 +23,6 @@ gives that code (:data:`HTTP_STATUS`).
 from __future__ import annotations
 
 import asyncio
-import functools
 import json
 import re
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Iterable, Sequence
@@ -36,18 +37,15 @@ from google.rpc import error_details_pb2, status_pb2
 from grpc.aio import AbortError
 
 from sesscache.v1 import sesscache_pb2 as pb
-from sesscache.v1 import sesscache_pb2_grpc as pb_grpc
-from sesscache_server.interceptors import AccessLogInterceptor
+from sesscache_server.calls import CallWrapper
 from sesscache_server.requests import SESSION_ID_KEY
 
 if TYPE_CHECKING:
-    from sesscache_server.interceptors import Handler, StreamBehavior, UnaryBehavior
+    from sesscache_server.calls import Handler, StreamBehavior, UnaryBehavior
 
     _ContextBase = grpc.aio.ServicerContext[Any, Any]
-    Interceptor = grpc.aio.ServerInterceptor[Any, Any]
 else:
     _ContextBase = grpc.aio.ServicerContext
-    Interceptor = grpc.aio.ServerInterceptor
 
 SERVICE = pb.DESCRIPTOR.services_by_name["SessionCache"]
 #: The URL path of a method: PREFIX + its name.
@@ -83,46 +81,34 @@ _DETAILS_KEY = "grpc-status-details-bin"
 # -- the methods -----------------------------------------------------------------
 
 
-class _Capture:
-    """Stands in for a grpc server to collect the service's method handlers."""
-
-    def __init__(self) -> None:
-        self.handlers: dict[str, Handler] = {}
-
-    def add_generic_rpc_handlers(self, handlers: Iterable[Any]) -> None:
-        pass  # the same handlers also arrive below, by name
-
-    def add_registered_method_handlers(self, service: str, handlers: dict[str, Handler]) -> None:
-        self.handlers.update(handlers)
-
-
 @dataclass(frozen=True, slots=True)
 class Method:
-    """One RPC of the service: its handler and its message types."""
+    """One RPC of the service: its served handler (and the one without access log), and
+    its request type."""
 
     name: str
-    path: str
     handler: Handler
+    quiet: Handler
     request: type[Message]
     streaming: bool
 
 
-def methods(servicer: pb_grpc.SessionCacheServicer) -> dict[str, Method]:
-    """Every method the gRPC server registers for ``servicer``, by name (no client
-    streaming in this service)."""
-    capture = _Capture()
-    pb_grpc.add_SessionCacheServicer_to_server(servicer, capture)  # type: ignore[arg-type]
-    found: dict[str, Method] = {}
-    for descriptor in SERVICE.methods:
-        handler = capture.handlers[descriptor.name]
-        found[descriptor.name] = Method(
+def methods(servicer: object, wrapper: CallWrapper) -> dict[str, Method]:
+    """Every method of the service, by name, with the handlers ``wrapper`` builds for
+    ``servicer`` (as the gRPC server's), and the same without the access log."""
+    served = wrapper.method_handlers(servicer, SERVICE)
+    unlogged = CallWrapper(tokens=wrapper.tokens, access=None, database=wrapper.database)
+    quiet = unlogged.method_handlers(servicer, SERVICE)
+    return {
+        descriptor.name: Method(
             descriptor.name,
-            f"/{SERVICE.full_name}/{descriptor.name}",
-            handler,
+            served[descriptor.name],
+            quiet[descriptor.name],
             message_factory.GetMessageClass(descriptor.input_type),
             descriptor.server_streaming,
         )
-    return found
+        for descriptor in SERVICE.methods
+    }
 
 
 # -- errors ------------------------------------------------------------------------
@@ -338,36 +324,15 @@ class HttpContext(_ContextBase):
 # -- calls ---------------------------------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True)
-class _Details(grpc.HandlerCallDetails):
-    method: str
-    invocation_metadata: Any
-
-
 class Gateway:
-    """Calls the servicer's handlers through ``interceptors``, as the gRPC server does.
+    """Calls the servicer's handlers as the gRPC server does (see :func:`methods`).
 
     Calls the server makes on its own behalf (the periodic statistics of a live
     stream, ``quiet=True``) skip the access log, and so the call metrics.
     """
 
-    def __init__(
-        self, servicer: pb_grpc.SessionCacheServicer, interceptors: Sequence[Interceptor]
-    ) -> None:
-        self.methods = methods(servicer)
-        self.interceptors = tuple(interceptors)
-        self.quiet = tuple(i for i in interceptors if not isinstance(i, AccessLogInterceptor))
-
-    async def _handler(
-        self, method: Method, context: HttpContext, interceptors: Sequence[Interceptor]
-    ) -> Handler:
-        async def terminal(_details: grpc.HandlerCallDetails) -> Handler:
-            return method.handler
-
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[Handler]] = terminal
-        for interceptor in reversed(interceptors):
-            continuation = functools.partial(interceptor.intercept_service, continuation)
-        return await continuation(_Details(method.path, context.invocation_metadata()))
+    def __init__(self, servicer: object, wrapper: CallWrapper) -> None:
+        self.methods = methods(servicer, wrapper)
 
     @staticmethod
     def _request(handler: Handler, request: Message) -> Any:
@@ -380,7 +345,7 @@ class Gateway:
     ) -> Message:
         """The response of unary method ``name``; raises :class:`CallError`."""
         method = self.methods[name]
-        handler = await self._handler(method, context, self.quiet if quiet else self.interceptors)
+        handler = method.quiet if quiet else method.handler
         behavior = cast("UnaryBehavior | None", handler.unary_unary)
         assert behavior is not None, name
         try:
@@ -399,8 +364,7 @@ class Gateway:
         self, name: str, request: Message, context: HttpContext
     ) -> AsyncIterator[Message]:
         """The messages of server-streaming method ``name``; raises :class:`CallError`."""
-        method = self.methods[name]
-        handler = await self._handler(method, context, self.interceptors)
+        handler = self.methods[name].handler
         behavior = cast("StreamBehavior | None", handler.unary_stream)
         assert behavior is not None, name
         messages = behavior(self._request(handler, request), context)
