@@ -39,7 +39,7 @@ import grpc
 
 from bench import servers
 from bench.loadgen import LoadGenerator, Workload
-from bench.servers import ROOT, Child
+from harness.child import ROOT, Child
 from sesscache.v1 import sesscache_pb2 as pb
 from sesscache.v1 import sesscache_pb2_grpc as pb_grpc
 
@@ -51,7 +51,7 @@ _CONSOLE_LINE = re.compile(r"console: http://127\.0\.0\.1:(\d+)/")
 def console_port(child: Child, timeout: float = 30) -> int:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        found = _CONSOLE_LINE.search(child.log_path.read_text(errors="replace"))
+        found = _CONSOLE_LINE.search(child.log_text())
         if found:
             return int(found.group(1))
         time.sleep(0.05)

@@ -28,11 +28,12 @@ from typing import Any
 import grpc
 import pytest
 
+from harness.child import Child
 from sesscache.v1 import sesscache_pb2 as pb
 from sesscache_client import Client
 from sesscache_server import config
 from sesscache_server.gateway import HTTP_STATUS, SERVICE, to_json, to_json_fast
-from tests.support.servers import ServerProcess, ServerThread
+from tests.support.servers import ServerThread
 
 PREFIX = "/api/sesscache.v1.SessionCache/"
 ADMIN, VIEWER = "admin-token-1", "viewer-token-1"
@@ -480,7 +481,7 @@ def test_start_up_prints_the_console_address(tmp_path: Path) -> None:
     the console is, and it answers there."""
     env = {"SESSCACHE_HTTP_LISTEN": config.DEFAULT_HTTP_LISTEN}
     args = ["--listen", "127.0.0.1:0", "--data-dir", str(tmp_path)]
-    with ServerProcess(args, env=env) as process:
+    with Child(args, env=env) as process:
         line = next(line for line in process.lines if "console: http://127.0.0.1:" in line)
         port = int(line.rsplit(":", 1)[1].strip().rstrip("/"))
         status, body, _ = post(port, "GetServerInfo")

@@ -38,7 +38,7 @@ from grpc.aio import AbortError
 
 from sesscache.v1 import sesscache_pb2 as pb
 from sesscache_server.calls import CallWrapper
-from sesscache_server.requests import SESSION_ID_KEY
+from sesscache_server.validation import SESSION_ID_KEY
 
 if TYPE_CHECKING:
     from sesscache_server.calls import Handler, StreamBehavior, UnaryBehavior
