@@ -6,8 +6,9 @@
 #
 # Without SESSCACHE_DATABASE_URL the server uses a SQLite file in /data (a
 # volume); docker-compose.yml points it at PostgreSQL instead. Port 9464 serves
-# /metrics and /healthz when SESSCACHE_HTTP_LISTEN=0.0.0.0:9464 (off by default;
-# docker-compose.yml turns it on). Every setting is an
+# the web console, /metrics and /healthz when SESSCACHE_HTTP_LISTEN=0.0.0.0:9464
+# (by default HTTP is on the container's own loopback only; docker-compose.yml
+# sets it). Every setting is an
 # environment variable SESSCACHE_* (see `sesscache-server --help`).
 
 ARG PYTHON_IMAGE=python:3.11-slim

@@ -75,13 +75,14 @@ def fresh_database_url(
 
 
 def settings_for(database_url: str, **overrides: object) -> Settings:
-    """Test settings: loopback, port 0, the given database, fast start-up."""
+    """Test settings: loopback, port 0, the given database, fast start-up, no HTTP."""
     base = Settings(
         listen="127.0.0.1:0",
         database_url=database_url,
         grace=1.0,
         db_startup_attempts=3,
         db_startup_max_backoff=0.5,
+        http_listen="",  # no HTTP server unless a test asks for one
     )
     return dataclasses.replace(base, **overrides)  # type: ignore[arg-type]
 

@@ -237,6 +237,11 @@ def test_sdists_carry_the_proto_and_the_generator_and_wheels_the_stubs(dists: Di
     assert {name for name in client_wheel if is_stub(name)} == client_expected
     # No file of one wheel is in the other: both install into one venv.
     assert not {n for n in server_wheel if ".dist-info/" not in n} & set(client_wheel)
+    # The web console's files are in the server's wheel.
+    console = {
+        f"sesscache_server/console/static/{n}" for n in ("index.html", "app.js", "style.css")
+    }
+    assert console <= set(server_wheel)
     tops = {name.split("/", 1)[0] for name in server_wheel if ".dist-info/" not in name}
     assert tops == {"sesscache", "sesscache_server"}
     assert {n.split("/", 1)[0] for n in client_wheel if ".dist-info/" not in n} == {

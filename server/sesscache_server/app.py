@@ -41,10 +41,11 @@ from sesscache.caching import QueryCache
 from sesscache.regions import SHARED_REGION, RegionSettings, make_regions
 from sesscache.registry import SessionRegistry
 from sesscache.v1 import sesscache_pb2 as pb
-from sesscache_server import auth, config, memory, reflection
+from sesscache_server import auth, config, memory, reflection, webconsole
 from sesscache_server.calls import AccessLog, CallWrapper, Label, add_service
+from sesscache_server.gateway import Gateway
 from sesscache_server.health import DrainingHealthServicer
-from sesscache_server.http import HttpServer, make_app
+from sesscache_server.http import HttpServer
 from sesscache_server.inspection import Inspector
 from sesscache_server.keys import ServerKeys
 from sesscache_server.metrics import Metrics
@@ -183,12 +184,8 @@ async def start(
     metrics = Metrics(inspector, registry) if http_listen else None
     access = _access_log(label, metrics, access_stream)
     server = grpc_server(settings)
-    add_service(
-        server,
-        CallWrapper(tokens=tokens_by_digest, access=access, database=engine.url),
-        servicer,
-        pb.DESCRIPTOR.services_by_name["SessionCache"],
-    )
+    wrapper = CallWrapper(tokens=tokens_by_digest, access=access, database=engine.url)
+    add_service(server, wrapper, servicer, pb.DESCRIPTOR.services_by_name["SessionCache"])
     health_servicer = DrainingHealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable(
@@ -212,14 +209,9 @@ async def start(
     http: HttpServer | None = None
     if metrics is not None:
         try:
-            http = HttpServer(
-                make_app(metrics, health_servicer),
-                http_listen,
-                max_connections=settings.http_max_connections,
-                idle_timeout=settings.http_idle_timeout,
-                metrics=metrics,
+            http = await webconsole.start_http(
+                settings, metrics, health_servicer, Gateway(servicer, wrapper)
             )
-            await http.start()
         except (OSError, ValueError):  # already "cannot serve HTTP on HOST:PORT: ..."
             await server.stop(0)
             executor.shutdown()

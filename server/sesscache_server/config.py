@@ -21,6 +21,9 @@ from sesscache import __version__
 from sesscache.registry import Limits
 
 ENV_PREFIX = "SESSCACHE_"
+#: Where the HTTP server (the web console, /metrics, /healthz) listens by default.
+#: When that port is taken (another server on the machine), a free one is used.
+DEFAULT_HTTP_LISTEN = "127.0.0.1:8051"
 
 
 def _opt(help: str, **kwargs: Any) -> Any:
@@ -137,7 +140,9 @@ class Settings:
         default=1024 * 1024,
     )
     http_listen: str = _opt(
-        "serve /metrics and /healthz over HTTP at HOST:PORT (empty: off)", default=""
+        "serve the web console, /metrics and /healthz over HTTP at HOST:PORT ('off' or "
+        "empty: no HTTP server; if the default port is taken, a free one)",
+        default=DEFAULT_HTTP_LISTEN,
     )
     metrics_listen: str = _opt("alias of --http-listen (kept for existing set-ups)", default="")
     http_max_connections: int = _opt(
@@ -200,8 +205,12 @@ class Settings:
         self.shared_region()
 
     def effective_http_listen(self) -> str:
-        """Where the HTTP server listens: ``http_listen``, else its alias ``metrics_listen``."""
-        return self.http_listen or self.metrics_listen
+        """Where the HTTP server listens ("": nowhere): ``http_listen``, else its alias
+        ``metrics_listen`` when ``http_listen`` is left at its default or empty."""
+        listen = self.http_listen
+        if self.metrics_listen and listen in ("", DEFAULT_HTTP_LISTEN):
+            listen = self.metrics_listen
+        return "" if listen.strip().lower() == "off" else listen
 
     def effective_secret(self) -> str:
         """The server secret: ``secret``, else its alias ``page_token_secret`` ("": random)."""

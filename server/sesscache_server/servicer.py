@@ -70,6 +70,7 @@ from sesscache_server.inspection import (
 )
 from sesscache_server.paging import PageTokens, keyset_page
 from sesscache_server.persons import RESPONSE_RENDERING, PersonService
+from sesscache_server.session_order import ordered_sessions
 
 if TYPE_CHECKING:
     from sesscache_server.calls import Context
@@ -378,6 +379,8 @@ class SessionCacheServicer(pb_grpc.SessionCacheServicer):
     ) -> pb.ListSessionsResponse:
         self._require_admin("listing sessions")
         size = validation.page_size(request.page_size, default=validation.DEFAULT_KEYS_PAGE)
+        if request.order_by not in (pb.SESSION_ORDER_UNSPECIFIED, pb.SESSION_ORDER_CREATED):
+            return ordered_sessions(request, size, self.registry, self.tokens, self.inspector)
         after = self.tokens.decode(request.page_token, "sessions")
         states = self.registry.page(after_serial=after, limit=size + 1)
         response = pb.ListSessionsResponse(total_size=len(self.registry))
