@@ -919,7 +919,7 @@ def _store_totals(registry: SessionRegistry) -> tuple[int, int]:
         store = registry.store_of(state)
         if store is not None:
             entries += len(store)
-            size += store.bytes
+            size += store.bytes + store.removals_size
     return entries, size
 
 
