@@ -409,6 +409,7 @@ async def serve(
         return 1
     host = settings.listen.rsplit(":", 1)[0]
     log.info("sesscache serving on %s:%d (database %s)", host, running.port, _safe_url(engine))
+    memory.settle()
     stopping = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):

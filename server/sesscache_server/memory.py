@@ -56,6 +56,14 @@ def trim() -> bool:
     return libc is not None and bool(libc.malloc_trim(0))
 
 
+def settle() -> None:
+    """Once started: collect, then move every object alive now (modules, mappers,
+    compiled statements...) out of the collector's sight (``gc.freeze``), so the
+    full collections that calls' garbage cycles trigger scan only what calls made."""
+    gc.collect()
+    gc.freeze()
+
+
 def release() -> None:
     """Collect garbage cycles, then hand free pages back (after a burst is over)."""
     collected = gc.collect()
