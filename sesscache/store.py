@@ -184,6 +184,8 @@ REMOVAL_SIZE = 240
 
 _STR = 49
 
+_NO_REMOVALS: Mapping[str, Removal] = {}
+
 
 def entry_size(key: str, description: Description) -> int:
     """Approximate bytes an entry holds: its rows, its key, its SQL and parameters.
@@ -227,8 +229,9 @@ class SessionStore:
         #: The same entries by sequence number: in the order they were stored.
         self._by_seq: dict[int, Entry] = {}
         self._next_seq = 1
-        #: Recent removals by key digest, oldest first (at most REMOVALS_KEPT).
-        self.removals: OrderedDict[str, Removal] = OrderedDict()
+        # Recent removals by key digest, oldest first (at most REMOVALS_KEPT);
+        # made on the first removal (most sessions never have one).
+        self._removals: OrderedDict[str, Removal] | None = None
         self.bytes = 0
         self.evictions = 0
         self.expirations = 0
@@ -315,6 +318,11 @@ class SessionStore:
         return entry
 
     @property
+    def removals(self) -> Mapping[str, Removal]:
+        """Recent removals by key digest, oldest first (at most :data:`REMOVALS_KEPT`)."""
+        return self._removals if self._removals is not None else _NO_REMOVALS
+
+    @property
     def removals_size(self) -> int:
         """Bytes the record of removals holds (see :data:`REMOVAL_SIZE`)."""
         return len(self.removals) * REMOVAL_SIZE
@@ -380,7 +388,9 @@ class SessionStore:
             self.evictions += 1
         elif removal.reason is RemovalReason.EXPIRED:
             self.expirations += 1
-        removals = self.removals
+        removals = self._removals
+        if removals is None:
+            removals = self._removals = OrderedDict()
         known = len(removals)
         removals[entry.digest] = removal
         removals.move_to_end(entry.digest)
