@@ -3,6 +3,7 @@
 :func:`make_engine` builds the engine the server uses, with the pool settings
 of :class:`PoolSettings` and the listener that counts SQL statements per call
 (see :mod:`sesscache.tracking`). :func:`prepare_database` creates the schema
+(with the change log and its triggers, see :mod:`sesscache.changes`)
 and seeds the fixture data; it is idempotent and safe when several server
 processes start at once against one database, because it holds a lock for
 the whole transaction: a transaction-level advisory lock on PostgreSQL, an
@@ -28,7 +29,7 @@ from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.orm import Session
 from sqlalchemy.pool import StaticPool
 
-from sesscache import fixtures, tracking
+from sesscache import changes, fixtures, tracking
 from sesscache.models import Base
 
 log = logging.getLogger(__name__)
@@ -153,6 +154,8 @@ def prepare_database(engine: Engine, *, persons: int = fixtures.DEFAULT_PERSONS)
                 text("SELECT pg_advisory_xact_lock(:key)"), {"key": PREPARE_LOCK_KEY}
             )
         Base.metadata.create_all(connection)
+        # The change log and its triggers, before seeding (which needs person.version).
+        changes.install(connection)
         with Session(bind=connection) as session:
             added = fixtures.seed(session, persons=persons)
     if added:

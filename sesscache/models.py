@@ -12,7 +12,7 @@ the shared ``default`` region instead of the database.
 
 from __future__ import annotations
 
-from sqlalchemy import ForeignKey, String
+from sqlalchemy import ForeignKey, String, text
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
 
@@ -88,6 +88,8 @@ class Person(Base):
 
     id: Mapped[int] = mapped_column(primary_key=True)
     name: Mapped[str] = mapped_column(String(100), unique=True)
+    #: The etag: maintained by the change-log triggers (see :mod:`sesscache.changes`).
+    version: Mapped[int] = mapped_column(server_default=text("1"))
 
     addresses: Mapped[list[Address]] = relationship(
         back_populates="person", order_by=Address.id, lazy="select"
