@@ -76,6 +76,7 @@ from __future__ import annotations
 import contextlib
 import enum
 import logging
+import math
 import os
 import select
 import sqlite3
@@ -203,8 +204,8 @@ def percentile(ordered: Sequence[float], q: float) -> float:
     """The ``q`` quantile (nearest rank) of an ascending, non-empty sequence."""
     if not ordered:
         raise ValueError("percentile of no values")
-    rank = min(len(ordered) - 1, max(0, round(q * len(ordered) + 0.5) - 1))
-    return ordered[rank]
+    rank = min(len(ordered), max(1, math.ceil(q * len(ordered))))
+    return ordered[rank - 1]
 
 
 # -- sources: one dedicated connection, read in consistent snapshots -------------

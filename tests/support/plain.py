@@ -39,3 +39,13 @@ def run(connection: PlainConnection, statement: str) -> list[tuple[Any, ...]]:
     if cursor.description is None:
         return []
     return [tuple(row) for row in cursor.fetchall()]
+
+
+def run_all(url: str, *statements: str) -> None:
+    """Execute ``statements`` on a new autocommit connection (each its own transaction)."""
+    connection = connect(url)
+    try:
+        for statement in statements:
+            run(connection, statement)
+    finally:
+        connection.close()
