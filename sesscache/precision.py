@@ -111,8 +111,12 @@ class PersonCriteria:
     after_id: int = 0
     through_id: int | None = None
 
-    def matches(self, row: Mapping[str, Any]) -> bool:
-        """Whether the logged ``person`` row is selected by these criteria."""
+    def matches(self, row: Mapping[str, Any], *, compare_names: bool = True) -> bool:
+        """Whether the logged ``person`` row is selected by these criteria.
+
+        ``compare_names=False``: the name range is not compared (counts as a
+        match), for databases whose collation Python cannot reproduce.
+        """
         row_id = row.get("id")
         if not isinstance(row_id, int):
             return True  # cannot tell: count it as a match
@@ -123,7 +127,7 @@ class PersonCriteria:
         name = row.get("name")
         if self.name is not None and name != self.name:
             return False
-        return self.names is None or name in self.names
+        return self.names is None or not compare_names or name in self.names
 
 
 @dataclass(frozen=True, slots=True)
@@ -409,7 +413,8 @@ class DependencyIndex(Generic[K]):
                     candidates.update(self._by_window[window])
         for handle in candidates:
             key, criteria = self._criteria[handle]
-            if key not in hit and any(criteria.matches(row) for row in rows):
+            compare = self._codepoint
+            if key not in hit and any(criteria.matches(row, compare_names=compare) for row in rows):
                 hit.add(key)
         return hit
 
