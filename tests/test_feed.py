@@ -18,6 +18,7 @@ import psycopg
 import pytest
 from sqlalchemy import Engine, text
 
+from bench.feed_lag import describe, measure
 from sesscache.db import make_engine, prepare_database
 from sesscache.feed import (
     Change,
@@ -195,28 +196,14 @@ def follow_pg(pg_database: tuple[str, str]) -> Iterator[tuple[str, Engine]]:
 
 
 def test_commit_to_callback_lag(
-    engine: Engine,
-    database_url: str,
-    follow: Callable[..., tuple[ChangeFollower, Recorder]],
-    capsys: pytest.CaptureFixture[str],
+    engine: Engine, database_url: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    follower, recorder = follow()
-    recorder.wait_gaps(1)
     writes = 40
-    connection_url = database_url
-    for number in range(writes):
-        run_all(connection_url, f"UPDATE person SET name = 'lag {number}' WHERE id = 1")  # noqa: S608
-        time.sleep(0.01)
-    recorder.wait(lambda: len(recorder.changes) >= writes, f"{writes} changes")
-    lag = follower.lag()
+    lag = measure(database_url, writes=writes, interval=0.01, settings=SETTINGS)
     assert lag.count == writes
-    assert lag.p50 is not None
     assert lag.p99 is not None
     with capsys.disabled():
-        print(
-            f"\n[feed lag, {engine.dialect.name}] commit -> callback over {writes} commits: "
-            f"p50 {lag.p50 * 1000:.1f} ms, p99 {lag.p99 * 1000:.1f} ms"
-        )
+        print(f"\n{describe(f'[feed lag, {engine.dialect.name}]', lag)}")
     assert lag.p99 < 2.0  # loose: a shared, loaded machine
 
 

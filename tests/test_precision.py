@@ -249,7 +249,7 @@ def test_affected_is_exactly_what_changed(
     tally = Tally()
 
     @settings(
-        max_examples=50 if backend == "sqlite" else 30,
+        max_examples=40 if backend == "sqlite" else 20,
         deadline=None,
         suppress_health_check=[HealthCheck.too_slow],
         database=None,
