@@ -694,7 +694,7 @@ class ChangeFollower:
             loop.force = True
             return
         result = source.read(loop.force)
-        loop.force = False
+        loop.force = result.more  # a full batch: read on at once
         if result.gap is not None:
             loop.previous = source.position
             loop.pending_gap = (result.gap, result.detail)

@@ -129,7 +129,8 @@ def logged(engine: Engine, after: int = 0) -> list[Change]:
 def test_every_committed_change_is_delivered_once_in_order(
     engine: Engine, database_url: str, follow: Callable[..., tuple[ChangeFollower, Recorder]]
 ) -> None:
-    follower, recorder = follow()
+    # Small batches, and no fallback read: paging and the wake-up must do it all.
+    follower, recorder = follow(FeedSettings(poll_interval=0.01, fallback_interval=60.0, batch=4))
     gap = recorder.wait_gaps(1)
     assert gap.reason is GapReason.START
     assert gap.previous is None
