@@ -19,8 +19,9 @@ from pathlib import Path
 
 from sqlalchemy import text
 
+from sesscache.changes import Change
 from sesscache.db import make_engine, prepare_database
-from sesscache.feed import Change, ChangeFollower, FeedGap, FeedSettings, Lag
+from sesscache.feed import ChangeFollower, FeedGap, FeedSettings, Lag
 
 
 def measure(

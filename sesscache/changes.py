@@ -46,6 +46,10 @@ triggers are only recreated when the stored fingerprint differs from the
 generated DDL or a trigger is missing, so a normal start takes no table locks.
 :func:`sesscache.db.prepare_database` calls it.
 
+Reading and retention: :class:`Change` is one logged row, :func:`read_changes`
+reads them, :func:`prune` deletes old ones (bounded number and age) and
+raises ``pruned_through``. :mod:`sesscache.feed` follows the log.
+
 SQLite caveat: ``PRAGMA recursive_triggers`` must stay off (SQLite's
 default): the version trigger updates the row it fires on.
 """
@@ -58,7 +62,8 @@ import enum
 import hashlib
 import json
 import secrets
-from collections.abc import Mapping
+import time
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -504,3 +509,131 @@ def decode_row(value: Any) -> dict[str, Any] | None:
     if not isinstance(decoded, dict):
         raise ValueError(f"a logged row must be a JSON object, got {type(decoded).__name__}")
     return decoded
+
+
+@dataclass(frozen=True, slots=True)
+class Change:
+    """One committed change of one row of a tracked table.
+
+    ``old`` / ``new``: the row's recorded columns before and after (``None``
+    for an insert's ``old`` and a delete's ``new``). ``committed_at``: seconds
+    since the epoch (see above). ``txid``: the PostgreSQL
+    transaction id (``None`` on SQLite).
+    """
+
+    id: int
+    table: str
+    op: Op
+    row_id: int
+    old: Mapping[str, Any] | None
+    new: Mapping[str, Any] | None
+    committed_at: float
+    txid: int | None = None
+
+
+#: The columns every reader selects first, in :func:`change_from_row`'s order;
+#: PostgreSQL readers add ``committed_at`` as epoch seconds and ``txid``.
+LOG_COLUMNS = "id, table_name, op, row_id, old_row, new_row"
+PG_LOG_COLUMNS = f"{LOG_COLUMNS}, extract(epoch FROM committed_at)::float8, txid::text"
+
+
+def change_from_row(row: Sequence[Any], committed_at: float, txid: int | None) -> Change:
+    """A :class:`Change` from a row selected with :data:`LOG_COLUMNS` first."""
+    return Change(
+        id=int(row[0]),
+        table=str(row[1]),
+        op=Op(str(row[2]).strip()),
+        row_id=int(row[3]),
+        old=decode_row(row[4]),
+        new=decode_row(row[5]),
+        committed_at=committed_at,
+        txid=txid,
+    )
+
+
+# -- retention ----------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class PruneResult:
+    """What :func:`prune` did: rows ``deleted`` and the new ``pruned_through``."""
+
+    deleted: int
+    pruned_through: int
+
+
+def prune(
+    connection: Connection,
+    *,
+    keep: int | None = 100_000,
+    max_age: float | None = None,
+    now: float | None = None,
+) -> PruneResult:
+    """Delete old changes: keep at most ``keep`` rows and none older than ``max_age`` seconds.
+
+    Runs in the caller's transaction (commit it afterwards); records the
+    highest deleted id in ``pruned_through`` (it only grows), so followers that
+    had not read that far report a retention gap (:mod:`sesscache.feed`). Safe to
+    run from several servers at once.
+    """
+    if keep is not None and keep < 0:
+        raise ValueError(f"keep must not be negative, got {keep}")
+    dialect = dialect_of(connection)
+    cutoffs: list[int] = []
+    if keep is not None:
+        value = connection.execute(
+            text(f"SELECT id FROM {CHANGE_TABLE} ORDER BY id DESC LIMIT 1 OFFSET :keep"),
+            {"keep": keep},
+        ).scalar()
+        if value is not None:
+            cutoffs.append(int(value))
+    if max_age is not None:
+        limit = (time.time() if now is None else now) - max_age
+        condition = "committed_at < :limit"
+        if dialect == "postgresql":
+            condition = "committed_at < to_timestamp(:limit)"
+        value = connection.execute(
+            text(f"SELECT max(id) FROM {CHANGE_TABLE} WHERE {condition}"), {"limit": limit}
+        ).scalar()
+        if value is not None:
+            cutoffs.append(int(value))
+    greatest = "GREATEST" if dialect == "postgresql" else "MAX"
+    if not cutoffs:
+        current = connection.execute(
+            text(f"SELECT pruned_through FROM {STATE_TABLE} WHERE id = 1")
+        ).scalar()
+        return PruneResult(deleted=0, pruned_through=int(current or 0))
+    cutoff = max(cutoffs)
+    deleted = connection.execute(
+        text(f"DELETE FROM {CHANGE_TABLE} WHERE id <= :cutoff"), {"cutoff": cutoff}
+    ).rowcount
+    through = connection.execute(
+        text(
+            f"UPDATE {STATE_TABLE} SET pruned_through = {greatest}(pruned_through, :cutoff) "
+            "WHERE id = 1 RETURNING pruned_through"
+        ),
+        {"cutoff": cutoff},
+    ).scalar()
+    return PruneResult(deleted=int(deleted or 0), pruned_through=int(through or cutoff))
+
+
+def read_changes(connection: Connection, *, after: int = 0, limit: int = 1000) -> list[Change]:
+    """The committed changes with ids above ``after`` visible to ``connection``, by id."""
+    dialect = dialect_of(connection)
+    if dialect == "postgresql":
+        rows = connection.execute(
+            text(
+                f"SELECT {PG_LOG_COLUMNS} FROM {CHANGE_TABLE} WHERE id > :after "
+                "ORDER BY id LIMIT :limit"
+            ),
+            {"after": after, "limit": limit},
+        ).all()
+        return [change_from_row(row, float(row[6]), int(row[7])) for row in rows]
+    rows = connection.execute(
+        text(
+            f"SELECT {LOG_COLUMNS}, committed_at FROM {CHANGE_TABLE} WHERE id > :after "
+            "ORDER BY id LIMIT :limit"
+        ),
+        {"after": after, "limit": limit},
+    ).all()
+    return [change_from_row(row, float(row[6]), None) for row in rows]

@@ -58,7 +58,7 @@ transactions that were open at an earlier read are still open; their later
 rows can then still arrive below ``head``. (Transactions already open at the
 last gap are not counted: their ids are unknown; they are still delivered.)
 
-**Retention.** :func:`prune` deletes old changes (keeping a bounded number
+**Retention.** :func:`sesscache.changes.prune` deletes old changes (keeping a bounded number
 and age) and raises ``pruned_through`` in ``sesscache_change_state``. A
 follower whose head is below it, or which sees a prune while transactions it
 waits for finish, reports a :attr:`GapReason.RETENTION` gap.
@@ -88,10 +88,18 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import psycopg
-from sqlalchemy import Connection, make_url, text
+from sqlalchemy import make_url
 from sqlalchemy.engine import URL
 
-from sesscache.changes import CHANGE_TABLE, CHANNEL, STATE_TABLE, Op, decode_row, dialect_of
+from sesscache.changes import (
+    CHANGE_TABLE,
+    CHANNEL,
+    LOG_COLUMNS,
+    PG_LOG_COLUMNS,
+    STATE_TABLE,
+    Change,
+    change_from_row,
+)
 
 log = logging.getLogger(__name__)
 
@@ -120,26 +128,6 @@ class FeedGap:
     previous: int | None
     detail: str
     at: float
-
-
-@dataclass(frozen=True, slots=True)
-class Change:
-    """One committed change of one row of a tracked table.
-
-    ``old`` / ``new``: the row's recorded columns before and after (``None``
-    for an insert's ``old`` and a delete's ``new``). ``committed_at``: seconds
-    since the epoch (see :mod:`sesscache.changes`). ``txid``: the PostgreSQL
-    transaction id (``None`` on SQLite).
-    """
-
-    id: int
-    table: str
-    op: Op
-    row_id: int
-    old: Mapping[str, Any] | None
-    new: Mapping[str, Any] | None
-    committed_at: float
-    txid: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -234,22 +222,6 @@ class _Source(Protocol):
     def position(self) -> int: ...
 
 
-_COLUMNS = "id, table_name, op, row_id, old_row, new_row"
-
-
-def _change(row: Sequence[Any], committed_at: float, txid: int | None) -> Change:
-    return Change(
-        id=int(row[0]),
-        table=str(row[1]),
-        op=Op(str(row[2]).strip()),
-        row_id=int(row[3]),
-        old=decode_row(row[4]),
-        new=decode_row(row[5]),
-        committed_at=committed_at,
-        txid=txid,
-    )
-
-
 class _SqliteSource:
     errors: tuple[type[BaseException], ...] = (sqlite3.Error, OSError)
 
@@ -332,7 +304,7 @@ class _SqliteSource:
         try:
             pruned, epoch = self._state(connection)
             rows = connection.execute(
-                f"SELECT {_COLUMNS}, committed_at FROM {CHANGE_TABLE} "
+                f"SELECT {LOG_COLUMNS}, committed_at FROM {CHANGE_TABLE} "
                 "WHERE id > ? ORDER BY id LIMIT ?",
                 (self._head, self._settings.batch),
             ).fetchall()
@@ -345,7 +317,7 @@ class _SqliteSource:
                 gap=GapReason.RETENTION,
                 detail=f"changes through {pruned} were pruned; the follower was at {self._head}",
             )
-        changes = [_change(row, float(row[6]), None) for row in rows]
+        changes = [change_from_row(row, float(row[6]), None) for row in rows]
         if changes:
             self._head = changes[-1].id
         return _Read(changes=changes, more=len(rows) == self._settings.batch)
@@ -373,9 +345,6 @@ class Snapshot:
     def finished(self, txid: int) -> bool:
         """Whether ``txid`` had committed or aborted when this snapshot was taken."""
         return txid < self.xmin or (txid < self.xmax and txid not in self.xip)
-
-
-_PG_COLUMNS = f"{_COLUMNS}, extract(epoch FROM committed_at)::float8, txid::text"
 
 
 class _PostgresSource:
@@ -471,12 +440,12 @@ class _PostgresSource:
             late: list[Any] = []
             if done:
                 late = connection.execute(
-                    f"SELECT {_PG_COLUMNS} FROM {CHANGE_TABLE} "
+                    f"SELECT {PG_LOG_COLUMNS} FROM {CHANGE_TABLE} "
                     "WHERE txid = ANY(%s::text[]::xid8[]) AND id <= %s ORDER BY id",
                     ([str(txid) for txid in done], head_before),
                 ).fetchall()
             rows = connection.execute(
-                f"SELECT {_PG_COLUMNS} FROM {CHANGE_TABLE} WHERE id > %s ORDER BY id LIMIT %s",
+                f"SELECT {PG_LOG_COLUMNS} FROM {CHANGE_TABLE} WHERE id > %s ORDER BY id LIMIT %s",
                 (head_before, self._settings.batch),
             ).fetchall()
         if epoch != self._epoch:
@@ -501,7 +470,7 @@ class _PostgresSource:
             del self._pending[txid]
         for txid in snapshot.xip:
             self._pending.setdefault(txid, head_before)
-        changes = [_change(row, float(row[6]), int(row[7])) for row in (*late, *rows)]
+        changes = [change_from_row(row, float(row[6]), int(row[7])) for row in (*late, *rows)]
         if rows:
             self._head = int(rows[-1][0])
         return _Read(changes=changes, more=len(rows) == self._settings.batch)
@@ -754,93 +723,3 @@ class ChangeFollower:
 def _first_line(error: BaseException) -> str:
     lines = str(error).strip().splitlines()
     return lines[0] if lines else type(error).__name__
-
-
-# -- retention ----------------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class PruneResult:
-    """What :func:`prune` did: rows ``deleted`` and the new ``pruned_through``."""
-
-    deleted: int
-    pruned_through: int
-
-
-def prune(
-    connection: Connection,
-    *,
-    keep: int | None = 100_000,
-    max_age: float | None = None,
-    now: float | None = None,
-) -> PruneResult:
-    """Delete old changes: keep at most ``keep`` rows and none older than ``max_age`` seconds.
-
-    Runs in the caller's transaction (commit it afterwards); records the
-    highest deleted id in ``pruned_through`` (it only grows), so followers that
-    had not read that far report a :attr:`GapReason.RETENTION` gap. Safe to
-    run from several servers at once.
-    """
-    if keep is not None and keep < 0:
-        raise ValueError(f"keep must not be negative, got {keep}")
-    dialect = dialect_of(connection)
-    cutoffs: list[int] = []
-    if keep is not None:
-        value = connection.execute(
-            text(f"SELECT id FROM {CHANGE_TABLE} ORDER BY id DESC LIMIT 1 OFFSET :keep"),
-            {"keep": keep},
-        ).scalar()
-        if value is not None:
-            cutoffs.append(int(value))
-    if max_age is not None:
-        limit = (time.time() if now is None else now) - max_age
-        condition = (
-            "committed_at < to_timestamp(:limit)"
-            if dialect == "postgresql"
-            else ("committed_at < :limit")
-        )
-        value = connection.execute(
-            text(f"SELECT max(id) FROM {CHANGE_TABLE} WHERE {condition}"), {"limit": limit}
-        ).scalar()
-        if value is not None:
-            cutoffs.append(int(value))
-    greatest = "GREATEST" if dialect == "postgresql" else "MAX"
-    if not cutoffs:
-        current = connection.execute(
-            text(f"SELECT pruned_through FROM {STATE_TABLE} WHERE id = 1")
-        ).scalar()
-        return PruneResult(deleted=0, pruned_through=int(current or 0))
-    cutoff = max(cutoffs)
-    deleted = connection.execute(
-        text(f"DELETE FROM {CHANGE_TABLE} WHERE id <= :cutoff"), {"cutoff": cutoff}
-    ).rowcount
-    through = connection.execute(
-        text(
-            f"UPDATE {STATE_TABLE} SET pruned_through = {greatest}(pruned_through, :cutoff) "
-            "WHERE id = 1 RETURNING pruned_through"
-        ),
-        {"cutoff": cutoff},
-    ).scalar()
-    return PruneResult(deleted=int(deleted or 0), pruned_through=int(through or cutoff))
-
-
-def read_changes(connection: Connection, *, after: int = 0, limit: int = 1000) -> list[Change]:
-    """The committed changes with ids above ``after`` visible to ``connection``, by id."""
-    dialect = dialect_of(connection)
-    if dialect == "postgresql":
-        rows = connection.execute(
-            text(
-                f"SELECT {_PG_COLUMNS} FROM {CHANGE_TABLE} WHERE id > :after "
-                "ORDER BY id LIMIT :limit"
-            ),
-            {"after": after, "limit": limit},
-        ).all()
-        return [_change(row, float(row[6]), int(row[7])) for row in rows]
-    rows = connection.execute(
-        text(
-            f"SELECT {_COLUMNS}, committed_at FROM {CHANGE_TABLE} WHERE id > :after "
-            "ORDER BY id LIMIT :limit"
-        ),
-        {"after": after, "limit": limit},
-    ).all()
-    return [_change(row, float(row[6]), None) for row in rows]

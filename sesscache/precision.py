@@ -60,8 +60,7 @@ from typing import Any, Generic, TypeVar
 from sortedcontainers import SortedList
 from sqlalchemy import Connection, text
 
-from sesscache.changes import TRACKED
-from sesscache.feed import Change
+from sesscache.changes import TRACKED, Change
 from sesscache.queries import PersonQuery
 
 #: Reference tables (coarse invalidation), from the one spec.

@@ -19,9 +19,8 @@ from sqlalchemy import Engine, text
 from sqlalchemy.orm import Session
 
 from sesscache import changes
-from sesscache.changes import Op
+from sesscache.changes import Change, Op, read_changes
 from sesscache.db import make_engine, prepare_database
-from sesscache.feed import Change, read_changes
 from sesscache.fixtures import seed
 from sesscache.models import Base
 from tests.support.plain import connect, conninfo_params, run, run_all

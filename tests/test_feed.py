@@ -19,17 +19,15 @@ import pytest
 from sqlalchemy import Engine, text
 
 from bench.feed_lag import describe, measure
+from sesscache.changes import Change, prune, read_changes
 from sesscache.db import make_engine, prepare_database
 from sesscache.feed import (
-    Change,
     ChangeFollower,
     FeedGap,
     FeedSettings,
     GapReason,
     Snapshot,
     percentile,
-    prune,
-    read_changes,
 )
 from tests.support.plain import conninfo_params, run_all
 from tests.support.postgres import PostgresServer

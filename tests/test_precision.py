@@ -33,9 +33,8 @@ from sqlalchemy import Connection, Engine, create_engine, event, text
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 
-from sesscache.changes import Op
+from sesscache.changes import Change, Op, read_changes
 from sesscache.db import make_engine, prepare_database
-from sesscache.feed import Change, read_changes
 from sesscache.models import Person
 from sesscache.precision import (
     Dependencies,
