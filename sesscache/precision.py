@@ -30,11 +30,10 @@ answers which keys a :class:`~sesscache.feed.Change` can affect:
   lazy loads would cost every miss more than it saves.
 
 Lookups are sub-linear in the number of entries: dict hits, and for ranges an
-index of elementary segments (:class:`IntervalIndex`, on ``sortedcontainers``)
-whose stabbing query costs ``O(log m + k)`` for ``m`` distinct intervals and
-``k`` hits. Adding a new distinct interval costs ``O(log m + s)`` for the ``s``
-segments it spans; equal intervals (many sessions caching the same range)
-share one.
+interval index (:class:`IntervalIndex`: sorted by lower bound, with a
+max-upper-bound tree) whose stabbing query costs ``O((k + 1) log m)`` for
+``m`` distinct intervals and ``k`` hits; equal intervals (many sessions
+caching the same range) are stored once.
 
 **Comparison.** Name ranges compare strings by code point, which is SQLite's
 default ``BINARY`` collation and PostgreSQL's ``"C"`` collation (the test
@@ -53,11 +52,13 @@ ends at the last id it holds; otherwise the window is open (see
 
 from __future__ import annotations
 
+import bisect
+import heapq
+import math
 from collections.abc import Hashable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
-from sortedcontainers import SortedList
 from sqlalchemy import Connection, text
 
 from sesscache.changes import TRACKED, Change
@@ -174,50 +175,45 @@ class Dependencies:
         )
 
 
+Interval = tuple[Any, Any]
+_Key = tuple[Any, ...]
+_MIN_KEY: _Key = (-1,)
+
+
+def _lo_key(lo: Any) -> _Key:
+    return (0,) if lo is None else (1, lo)
+
+
+def _hi_key(hi: Any) -> _Key:
+    return (2,) if hi is None else (1, hi)
+
+
 class IntervalIndex(Generic[T]):
     """Half-open intervals ``[lo, hi)`` (``None``: unbounded), with a stabbing query.
 
-    The line is cut at every interval end into elementary segments; each
-    segment knows the intervals covering it. :meth:`stab` is a bisection.
+    A static part, sorted by ``lo`` with a max-``hi`` tournament tree over
+    it, answers :meth:`stab` in ``O((k + 1) log n)`` for ``k`` hits; intervals
+    added or removed since the last rebuild sit in buffers (scanned by
+    :meth:`stab`), and the next :meth:`stab` that finds more than ``sqrt(n)``
+    of them merges them in (``O(n + b log b)``). So a stab costs
+    ``O(sqrt(n) + (k + 1) log n)``, an update ``O(1)`` plus ``O(sqrt(n))``
+    amortised, and memory stays ``O(n)``.
+    Equal intervals are stored once, with a reference count.
     """
 
-    def __init__(self) -> None:
-        self._bounds: Any = SortedList()  # segment starts, ascending
-        self._cover: dict[T, set[tuple[T | None, T | None]]] = {}
-        self._head: set[tuple[T | None, T | None]] = set()  # (-inf, first bound)
-        self._ends: dict[T, int] = {}  # bound -> how many intervals end or start there
-        self._count: dict[tuple[T | None, T | None], int] = {}
+    def __init__(self, *, min_buffer: int = 32) -> None:
+        """``min_buffer``: buffered updates always tolerated before a rebuild."""
+        self._min_buffer = min_buffer
+        self._count: dict[Interval, int] = {}
+        self._static: list[Interval] = []
+        self._static_lo: list[_Key] = []
+        self._tree: list[_Key] = [_MIN_KEY]
+        self._leaves = 1
+        self._added: set[Interval] = set()
+        self._removed: set[Interval] = set()
 
     def __len__(self) -> int:
         return len(self._count)
-
-    def _segment(self, value: T) -> set[tuple[T | None, T | None]]:
-        index = self._bounds.bisect_right(value) - 1
-        return self._head if index < 0 else self._cover[self._bounds[index]]
-
-    def _split(self, bound: T) -> None:
-        count = self._ends.get(bound, 0)
-        if count == 0:
-            self._cover[bound] = set(self._segment(bound))
-            self._bounds.add(bound)
-        self._ends[bound] = count + 1
-
-    def _unsplit(self, bound: T) -> None:
-        count = self._ends[bound] - 1
-        if count:
-            self._ends[bound] = count
-            return
-        del self._ends[bound]
-        self._bounds.remove(bound)
-        del self._cover[bound]
-
-    def _spanned(self, lo: T | None, hi: T | None) -> list[set[tuple[T | None, T | None]]]:
-        start = 0 if lo is None else self._bounds.bisect_left(lo)
-        stop = len(self._bounds) if hi is None else self._bounds.bisect_left(hi)
-        spanned = [self._cover[self._bounds[i]] for i in range(start, stop)]
-        if lo is None:
-            spanned.append(self._head)
-        return spanned
 
     def add(self, lo: T | None, hi: T | None) -> None:
         """Add one reference to ``[lo, hi)``."""
@@ -226,11 +222,10 @@ class IntervalIndex(Generic[T]):
         self._count[interval] = count + 1
         if count:
             return
-        for bound in (lo, hi):
-            if bound is not None:
-                self._split(bound)
-        for segment in self._spanned(lo, hi):
-            segment.add(interval)
+        if interval in self._removed:
+            self._removed.discard(interval)
+        else:
+            self._added.add(interval)
 
     def remove(self, lo: T | None, hi: T | None) -> None:
         """Drop one reference to ``[lo, hi)``."""
@@ -240,15 +235,64 @@ class IntervalIndex(Generic[T]):
             self._count[interval] = count
             return
         del self._count[interval]
-        for segment in self._spanned(lo, hi):
-            segment.discard(interval)
-        for bound in (lo, hi):
-            if bound is not None:
-                self._unsplit(bound)
+        if interval in self._added:
+            self._added.discard(interval)
+        else:
+            self._removed.add(interval)
 
-    def stab(self, value: T) -> set[tuple[T | None, T | None]]:
+    def _maybe_rebuild(self) -> None:
+        buffered = len(self._added) + len(self._removed)
+        if buffered > max(self._min_buffer, math.isqrt(len(self._static))):
+            self._rebuild()
+
+    def _rebuild(self) -> None:
+        # Merge the sorted static part (minus removals) with the sorted additions: O(n + b log b).
+        kept = [interval for interval in self._static if interval not in self._removed]
+        added = sorted(self._added, key=lambda interval: _lo_key(interval[0]))
+        intervals = list(heapq.merge(kept, added, key=lambda interval: _lo_key(interval[0])))
+        leaves = 1
+        while leaves < len(intervals):
+            leaves *= 2
+        tree = [_MIN_KEY] * (2 * leaves)
+        for position, (_lo, hi) in enumerate(intervals):
+            tree[leaves + position] = _hi_key(hi)
+        for node in range(leaves - 1, 0, -1):
+            tree[node] = max(tree[2 * node], tree[2 * node + 1])
+        self._static = intervals
+        self._static_lo = [_lo_key(lo) for lo, _hi in intervals]
+        self._tree = tree
+        self._leaves = leaves
+        self._added.clear()
+        self._removed.clear()
+
+    def stab(self, value: T) -> set[Interval]:
         """The intervals containing ``value``."""
-        return set(self._segment(value))
+        self._maybe_rebuild()
+        point = (1, value)
+        hits = {
+            interval
+            for interval in self._added
+            if _lo_key(interval[0]) <= point < _hi_key(interval[1])
+        }
+        # Static intervals with lo <= value are a prefix; walk the tree for hi > value.
+        prefix = bisect.bisect_right(self._static_lo, point)
+        if prefix == 0:
+            return hits
+        stack = [(1, 0, self._leaves)]
+        tree = self._tree
+        while stack:
+            node, start, stop = stack.pop()
+            if start >= prefix or tree[node] <= point:
+                continue
+            if node >= self._leaves:
+                interval = self._static[start]
+                if interval not in self._removed:
+                    hits.add(interval)
+                continue
+            middle = (start + stop) // 2
+            stack.append((2 * node, start, middle))
+            stack.append((2 * node + 1, middle, stop))
+        return hits
 
 
 @dataclass(slots=True)

@@ -128,8 +128,11 @@ def test_every_committed_change_is_delivered_once_in_order(
     engine: Engine, database_url: str, follow: Callable[..., tuple[ChangeFollower, Recorder]]
 ) -> None:
     # Small batches, and no fallback read: paging and the wake-up must do it all.
-    follower, recorder = follow(FeedSettings(poll_interval=0.01, fallback_interval=60.0, batch=4))
+    settings = FeedSettings(poll_interval=0.01, fallback_interval=60.0, batch=4)
+    follower, recorder = follow(settings)
+    replica, replica_recorder = follow(settings)  # another server process, say
     gap = recorder.wait_gaps(1)
+    replica_recorder.wait_gaps(1)
     assert gap.reason is GapReason.START
     assert gap.previous is None
     assert gap.position == logged(engine)[-1].id
@@ -144,8 +147,11 @@ def test_every_committed_change_is_delivered_once_in_order(
     expected = [c.id for c in logged(engine, gap.position)]
     assert len(expected) == 1 + 6 + 2 + 1 + 1
     recorder.wait_ids(expected)
+    replica_recorder.wait_ids(expected)
     time.sleep(0.1)
     assert recorder.ids() == expected
+    assert replica_recorder.ids() == expected
+    assert replica.position == expected[-1]
     assert follower.position == follower.head == expected[-1]
     assert follower.delivered == len(expected)
     assert follower.gaps()[GapReason.START] == 1

@@ -22,6 +22,8 @@ brute force, and of the range and page semantics.
 
 from __future__ import annotations
 
+import random
+import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -289,11 +291,14 @@ intervals = st.tuples(
 @given(
     operations=st.lists(st.tuples(st.booleans(), intervals), max_size=40),
     points=st.lists(st.integers(-1, 13), min_size=1, max_size=10),
+    min_buffer=st.sampled_from([0, 1, 3, 32]),
 )
 def test_interval_index_agrees_with_brute_force(
-    operations: list[tuple[bool, tuple[int | None, int | None]]], points: list[int]
+    operations: list[tuple[bool, tuple[int | None, int | None]]],
+    points: list[int],
+    min_buffer: int,
 ) -> None:
-    index = IntervalIndex[int]()
+    index = IntervalIndex[int](min_buffer=min_buffer)
     counts: dict[tuple[int | None, int | None], int] = {}
     for add, (lo, hi) in operations:
         if lo is not None and hi is not None and lo >= hi:
@@ -365,3 +370,54 @@ def test_unknown_collation_makes_ranges_coarse() -> None:
     index.add("range", Dependencies.for_person_query(PersonQuery(first="b", last="c"), []))
     change = person_change(Op.INSERT, None, {"id": 4, "name": "zzz", "version": 1})
     assert index.affected(change) == {"range"}
+
+
+def build(entries: int, rng: random.Random) -> DependencyIndex[int]:
+    """An index of ``entries`` results of every shape, over a wide name and id space."""
+    index = DependencyIndex[int]()
+    for key in range(entries):
+        name = f"n{rng.randrange(10**9):09d}"
+        person = rng.randrange(10**9)
+        shapes = (
+            PersonQuery(name=name),
+            PersonQuery(first=name, last=name + "5"),
+            PersonQuery(ids=(rng.randrange(10**9),)),
+            PersonQuery(
+                after_id=person - 1, limit=1
+            ),  # a page: the window (person - 1, person + 1]
+        )
+        query = shapes[key % len(shapes)]
+        index.add(key, Dependencies.for_person_query(query, [person, person + 1], [person]))
+    return index
+
+
+def seconds_per_lookup(index: DependencyIndex[int], rng: random.Random) -> float:
+    changes = [
+        person_change(
+            Op.UPDATE,
+            {"id": rng.randrange(10**9), "name": f"n{rng.randrange(10**9):09d}", "version": 1},
+            {"id": rng.randrange(10**9), "name": f"n{rng.randrange(10**9):09d}", "version": 2},
+        )
+        for _ in range(300)
+    ]
+    best = float("inf")
+    for _ in range(5):
+        started = time.perf_counter()
+        for change in changes:
+            index.affected(change)
+        best = min(best, time.perf_counter() - started)
+    return best / len(changes)
+
+
+def test_lookups_are_sub_linear_in_the_number_of_entries(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    rng = random.Random(12)
+    small = seconds_per_lookup(build(1_000, rng), rng)
+    large = seconds_per_lookup(build(16_000, rng), rng)
+    with capsys.disabled():
+        print(
+            f"\n[precision] affected() per person change: {small * 1e6:.1f} us with 1,000 "
+            f"entries, {large * 1e6:.1f} us with 16,000"
+        )
+    assert large < small * 6  # linear would be 16 times; loose for a shared machine
