@@ -29,7 +29,8 @@ loop with ``loop.call_soon_threadsafe``). :attr:`~ChangeFollower.position`,
 :attr:`~ChangeFollower.head`, :meth:`~ChangeFollower.lag` and
 :attr:`~ChangeFollower.connected` may be read from any thread.
 :meth:`~ChangeFollower.stop` joins the thread and must not be called from a
-callback.
+callback. An exception from ``on_changes`` is logged and becomes a
+``CONSUMER_ERROR`` gap; one from ``on_gap`` or ``on_disconnect`` is logged.
 
 **SQLite** (a database file, not ``:memory:``): every ``poll_interval`` the
 follower asks ``PRAGMA data_version`` (no I/O: it changes when another
@@ -49,6 +50,10 @@ transaction's rows by ``txid``. Why that finds every late row: a row with id
 transaction got its xid and before ``S``; if it is not visible in ``S`` its
 transaction was in progress in ``S`` (or aborted). Transactions that start
 later allocate ids above everything visible, read by ``WHERE id > head``.
+Snapshots are cluster-wide, so a long transaction in any database holds
+:attr:`~ChangeFollower.position` back (never delivery). LISTEN needs a
+session-level connection: point the follower past a transaction-pooling
+proxy, at the server itself.
 
 **Positions.** :attr:`~ChangeFollower.head` is the biggest id delivered.
 :attr:`~ChangeFollower.position` is the change id the follower is complete
@@ -58,8 +63,8 @@ transactions that were open at an earlier read are still open; their later
 rows can then still arrive below ``head``. (Transactions already open at the
 last gap are not counted: their ids are unknown; they are still delivered.)
 
-**Retention.** :func:`sesscache.changes.prune` deletes old changes (keeping a bounded number
-and age) and raises ``pruned_through`` in ``sesscache_change_state``. A
+**Retention.** :func:`sesscache.changes.prune` deletes old changes (keeping a
+bounded number and age) and raises ``pruned_through`` in ``sesscache_change_state``. A
 follower whose head is below it, or which sees a prune while transactions it
 waits for finish, reports a :attr:`GapReason.RETENTION` gap.
 
