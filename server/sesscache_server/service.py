@@ -27,11 +27,13 @@ from sqlalchemy.orm import Session
 from sesscache import tracking
 from sesscache.backend import store_for
 from sesscache.caching import CachedResult, QueryCache
+from sesscache.freshness import Seen, read_seen
 from sesscache.memo import Memo
 from sesscache.models import Person
+from sesscache.precision import Dependencies
 from sesscache.queries import PersonQuery
 from sesscache.registry import SessionRegistry
-from sesscache.store import Hit, Miss, RemovalReason, value_size
+from sesscache.store import Entry, Hit, Miss, RemovalReason, SessionStore, value_size
 from sesscache.v1 import sesscache_pb2 as pb
 from sesscache_server.inspection import miss_message
 from sesscache_server.paging import PageTokens
@@ -72,6 +74,10 @@ class Served:
     rows: int = 0
     saved: int = 0
     miss: Miss | None = None
+    #: Stored by this call: the entry and what it depends on (for the change feed).
+    stored: Entry | None = None
+    deps: Dependencies | None = None
+    seen: Seen | None = None
 
 
 class PersonService:
@@ -84,8 +90,11 @@ class PersonService:
         tokens: PageTokens,
         *,
         known_keys_bytes: int = KNOWN_KEYS_BYTES,
+        follows_changes: bool = False,
     ) -> None:
         self.registry = registry
+        #: Whether a miss reads what it can see of the change log (see sesscache.freshness).
+        self.follows_changes = follows_changes
         self.query_cache = query_cache
         self.tokens = tokens
         # The cache key of each query seen, so a hit needs no statement; bounded
@@ -122,9 +131,11 @@ class PersonService:
         key = self.key_of(request) if cached else ""
         found = store.lookup(key, count=False) if cached else None
         statement = query.statement(cached=cached)
-        if not cached:
-            # Read the database afresh even for objects already in the session.
+        if not isinstance(found, Hit):
+            # Read the database afresh even for objects already in the session:
+            # a miss (a change may have removed the entry) refreshes them.
             statement = statement.execution_options(populate_existing=True)
+        seen = self._seen(session, store, key) if isinstance(found, Miss) else None
         with tracking.track() as tracker:
             try:
                 rows = session.execute(statement).unique().scalars().all()
@@ -167,7 +178,27 @@ class PersonService:
             store.grow(entry, message_size(rendered))
         if hit:
             return Served(response, rows=entry.rows, saved=payload.sql_statements)
-        return Served(response, rows=entry.rows, miss=found if isinstance(found, Miss) else None)
+        ids = [person.id for person in rows]
+        addresses = [a.id for person in rows for a in person.addresses] if query.full else []
+        return Served(
+            response,
+            rows=entry.rows,
+            miss=found if isinstance(found, Miss) else None,
+            stored=entry,
+            deps=Dependencies.for_person_query(query, ids, addresses),
+            seen=seen,
+        )
+
+    def _seen(self, session: Session, store: SessionStore, key: str) -> Seen | None:
+        """What the miss's statement will see of the change log (None: no feed)."""
+        if not self.follows_changes:
+            return None
+        try:
+            return read_seen(session)
+        except BaseException:
+            store.remove(key, RemovalReason.FAILED)
+            self._rollback(session)
+            raise
 
     @staticmethod
     def _rollback(session: Session) -> None:
