@@ -16,9 +16,11 @@ change records. From it :func:`ddl` generates, per dialect (``sqlite`` or
   PostgreSQL, ``txid`` (``pg_current_xact_id()`` of the writing transaction,
   which :mod:`sesscache.feed` uses to pick up late commits).
 - ``sesscache_change_state``: one row: ``pruned_through`` (every change with an
-  id at or below it may have been deleted by :func:`sesscache.feed.prune`),
-  ``epoch`` (random, made once: a follower that sees it change knows the log
-  was recreated) and ``fingerprint`` (of the installed DDL).
+  id at or below it may have been deleted by :func:`prune`), ``prunes`` /
+  ``pruned_at`` / ``prune_horizon`` (how many prunes ran, the last one's time
+  and, on PostgreSQL, its snapshot's ``xmin``), ``epoch`` (random, made once:
+  a follower that sees it change knows the log was recreated) and
+  ``fingerprint`` (of the installed DDL).
 - ``person.version`` (integer, server default 1): bumped by triggers on any
   update of the person row (unless the update sets it itself) and on every
   insert, update or delete of one of its addresses. It is the person's etag:
