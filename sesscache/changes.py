@@ -565,7 +565,8 @@ def change_from_row(row: Sequence[Any], committed_at: float, txid: int | None) -
 @dataclass(frozen=True, slots=True)
 class PruneResult:
     """What :func:`prune` did: rows ``deleted``, the new ``pruned_through``,
-    and whether it ``ran`` (False: too soon after the previous prune)."""
+    and whether it ``ran`` (False: nothing beyond the limits, or too soon after
+    the previous prune; the state is then untouched)."""
 
     deleted: int
     pruned_through: int
@@ -627,12 +628,14 @@ def prune(
         if value is not None:
             cutoffs.append(int(value))
     cutoff = max(cutoffs, default=None)
+    if cutoff is None:  # nothing beyond the limits: leave the state (and followers) alone
+        return PruneResult(deleted=0, pruned_through=pruned_through, ran=False)
     deleted = 0
     if dialect == "postgresql":
         new_horizon = connection.execute(
             text("SELECT pg_snapshot_xmin(pg_current_snapshot())::text")
         ).scalar()
-        if cutoff is not None and horizon is not None:
+        if horizon is not None:
             deleted = connection.execute(
                 text(
                     f"DELETE FROM {CHANGE_TABLE} "
@@ -651,10 +654,9 @@ def prune(
             {"now": moment, "horizon": new_horizon, "cutoff": cutoff},
         )
     else:
-        if cutoff is not None:
-            deleted = connection.execute(
-                text(f"DELETE FROM {CHANGE_TABLE} WHERE id <= :cutoff"), {"cutoff": cutoff}
-            ).rowcount
+        deleted = connection.execute(
+            text(f"DELETE FROM {CHANGE_TABLE} WHERE id <= :cutoff"), {"cutoff": cutoff}
+        ).rowcount
         connection.execute(
             text(
                 f"UPDATE {STATE_TABLE} SET prunes = prunes + 1, pruned_at = :now, "

@@ -314,6 +314,20 @@ def test_prune_keeps_a_bounded_number_and_age(engine: Engine, database_url: str)
     assert [c.id for c in logged(engine)] == [ids[-1] + 1]  # ids are never reused
 
 
+def test_prunes_within_the_limits_leave_followers_alone(
+    engine: Engine, database_url: str, follow: Callable[..., tuple[ChangeFollower, Recorder]]
+) -> None:
+    follower, recorder = follow()
+    recorder.wait_gaps(1)
+    for _ in range(3):
+        with engine.begin() as connection:
+            assert not prune(connection, keep=10**6, min_interval=0.0).ran
+    run_all(database_url, "UPDATE person SET name = 'still following' WHERE id = 5")
+    recorder.wait_ids([logged(engine)[-1].id])
+    assert [gap.reason for gap in recorder.gaps] == [GapReason.START]
+    assert follower.gaps()[GapReason.RETENTION] == 0
+
+
 def test_restarting_the_follower_reports_a_restart_gap(
     engine: Engine, database_url: str, follow: Callable[..., tuple[ChangeFollower, Recorder]]
 ) -> None:
