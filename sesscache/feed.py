@@ -224,6 +224,7 @@ class _Source(Protocol):
 
     def connect(self) -> None: ...
     def close(self) -> None: ...
+    def dispose(self) -> None: ...
     def reset(self) -> int: ...
     def read(self, force: bool) -> _Read: ...
     def wait(self, timeout: float) -> bool: ...
@@ -274,6 +275,9 @@ class _SqliteSource:
             with contextlib.suppress(sqlite3.Error):
                 self._connection.close()
             self._connection = None
+
+    def dispose(self) -> None:
+        self.close()
 
     def _require(self) -> sqlite3.Connection:
         if self._connection is None:
@@ -544,7 +548,7 @@ class _PostgresSource:
             os.write(self._wake_w, b"x")
 
 
-def _source_for(url: URL, settings: FeedSettings) -> _SqliteSource | _PostgresSource:
+def _source_for(url: URL, settings: FeedSettings) -> _Source:
     backend = url.get_backend_name()
     if backend == "sqlite":
         if url.database in (None, "", ":memory:"):
@@ -667,8 +671,7 @@ class ChangeFollower:
     def close(self) -> None:
         """Stop and release every resource."""
         self.stop()
-        if isinstance(self._source, _PostgresSource):
-            self._source.dispose()
+        self._source.dispose()
 
     def __enter__(self) -> ChangeFollower:
         return self.start()
@@ -736,7 +739,7 @@ class ChangeFollower:
         self._stop.wait(loop.backoff)
         loop.backoff = min(loop.backoff * 2, self._settings.reconnect_max)
 
-    def _publish(self, source: _SqliteSource | _PostgresSource) -> None:
+    def _publish(self, source: _Source) -> None:
         with self._lock:
             self._position = source.position
             self._head = source.head
