@@ -16,9 +16,11 @@ change records. From it :func:`ddl` generates, per dialect (``sqlite`` or
   PostgreSQL, ``txid`` (``pg_current_xact_id()`` of the writing transaction,
   which :mod:`sesscache.feed` uses to pick up late commits).
 - ``sesscache_change_state``: one row: ``pruned_through`` (every change with an
-  id at or below it may have been deleted by :func:`sesscache.feed.prune`),
-  ``epoch`` (random, made once: a follower that sees it change knows the log
-  was recreated) and ``fingerprint`` (of the installed DDL).
+  id at or below it may have been deleted by :func:`prune`), ``prunes`` /
+  ``pruned_at`` / ``prune_horizon`` (how many prunes ran, the last one's time
+  and, on PostgreSQL, its snapshot's ``xmin``), ``epoch`` (random, made once:
+  a follower that sees it change knows the log was recreated) and
+  ``fingerprint`` (of the installed DDL).
 - ``person.version`` (integer, server default 1): bumped by triggers on any
   update of the person row (unless the update sets it itself) and on every
   insert, update or delete of one of its addresses. It is the person's etag:
@@ -345,6 +347,9 @@ def _table_ddl(dialect: Dialect) -> tuple[str, ...]:
             "id INTEGER PRIMARY KEY CHECK (id = 1), "
             "pruned_through INTEGER NOT NULL DEFAULT 0, "
             "epoch TEXT NOT NULL, "
+            "prunes INTEGER NOT NULL DEFAULT 0, "
+            "pruned_at REAL, "
+            "prune_horizon TEXT, "
             "fingerprint TEXT)",
         )
     return (
@@ -362,6 +367,9 @@ def _table_ddl(dialect: Dialect) -> tuple[str, ...]:
         "id integer PRIMARY KEY CHECK (id = 1), "
         "pruned_through bigint NOT NULL DEFAULT 0, "
         "epoch text NOT NULL, "
+        "prunes bigint NOT NULL DEFAULT 0, "
+        "pruned_at double precision, "
+        "prune_horizon xid8, "
         "fingerprint text)",
     )
 
@@ -556,10 +564,13 @@ def change_from_row(row: Sequence[Any], committed_at: float, txid: int | None) -
 
 @dataclass(frozen=True, slots=True)
 class PruneResult:
-    """What :func:`prune` did: rows ``deleted`` and the new ``pruned_through``."""
+    """What :func:`prune` did: rows ``deleted``, the new ``pruned_through``,
+    and whether it ``ran`` (False: nothing beyond the limits, or too soon after
+    the previous prune; the state is then untouched)."""
 
     deleted: int
     pruned_through: int
+    ran: bool = True
 
 
 def prune(
@@ -567,18 +578,37 @@ def prune(
     *,
     keep: int | None = 100_000,
     max_age: float | None = None,
+    min_interval: float = 10.0,
     now: float | None = None,
 ) -> PruneResult:
     """Delete old changes: keep at most ``keep`` rows and none older than ``max_age`` seconds.
 
-    Runs in the caller's transaction (commit it afterwards); records the
-    highest deleted id in ``pruned_through`` (it only grows), so followers that
-    had not read that far report a retention gap (:mod:`sesscache.feed`). Safe to
-    run from several servers at once.
+    Runs in the caller's transaction (commit it afterwards); safe to run from
+    several servers at once: a prune within ``min_interval`` seconds of the
+    previous one does nothing. Records the highest id it may have deleted in
+    ``pruned_through`` (it only grows) and counts prunes, so followers that had
+    not read that far report a retention gap (:mod:`sesscache.feed`).
+
+    On PostgreSQL a prune only deletes rows of transactions that had finished
+    when the previous prune ran (its snapshot's ``xmin``, kept as
+    ``prune_horizon``): a follower that reads between two prunes has seen
+    them, even when they committed late with small ids. So the first prune of
+    a database deletes nothing there; it sets the horizon.
     """
     if keep is not None and keep < 0:
         raise ValueError(f"keep must not be negative, got {keep}")
     dialect = dialect_of(connection)
+    moment = time.time() if now is None else now
+    lock = " FOR UPDATE" if dialect == "postgresql" else ""
+    state = connection.execute(
+        text(
+            f"SELECT pruned_through, pruned_at, CAST(prune_horizon AS TEXT) FROM {STATE_TABLE} "
+            f"WHERE id = 1{lock}"
+        )
+    ).one()
+    pruned_through, pruned_at, horizon = int(state[0]), state[1], state[2]
+    if pruned_at is not None and moment - float(pruned_at) < min_interval:
+        return PruneResult(deleted=0, pruned_through=pruned_through, ran=False)
     cutoffs: list[int] = []
     if keep is not None:
         value = connection.execute(
@@ -588,33 +618,56 @@ def prune(
         if value is not None:
             cutoffs.append(int(value))
     if max_age is not None:
-        limit = (time.time() if now is None else now) - max_age
         condition = "committed_at < :limit"
         if dialect == "postgresql":
             condition = "committed_at < to_timestamp(:limit)"
         value = connection.execute(
-            text(f"SELECT max(id) FROM {CHANGE_TABLE} WHERE {condition}"), {"limit": limit}
+            text(f"SELECT max(id) FROM {CHANGE_TABLE} WHERE {condition}"),
+            {"limit": moment - max_age},
         ).scalar()
         if value is not None:
             cutoffs.append(int(value))
-    greatest = "GREATEST" if dialect == "postgresql" else "MAX"
-    if not cutoffs:
-        current = connection.execute(
-            text(f"SELECT pruned_through FROM {STATE_TABLE} WHERE id = 1")
+    cutoff = max(cutoffs, default=None)
+    if cutoff is None:  # nothing beyond the limits: leave the state (and followers) alone
+        return PruneResult(deleted=0, pruned_through=pruned_through, ran=False)
+    deleted = 0
+    if dialect == "postgresql":
+        new_horizon = connection.execute(
+            text("SELECT pg_snapshot_xmin(pg_current_snapshot())::text")
         ).scalar()
-        return PruneResult(deleted=0, pruned_through=int(current or 0))
-    cutoff = max(cutoffs)
-    deleted = connection.execute(
-        text(f"DELETE FROM {CHANGE_TABLE} WHERE id <= :cutoff"), {"cutoff": cutoff}
-    ).rowcount
+        if horizon is not None:
+            deleted = connection.execute(
+                text(
+                    f"DELETE FROM {CHANGE_TABLE} "
+                    "WHERE id <= :cutoff AND txid < CAST(:horizon AS xid8)"
+                ),
+                {"cutoff": cutoff, "horizon": horizon},
+            ).rowcount
+        else:
+            cutoff = None
+        connection.execute(
+            text(
+                f"UPDATE {STATE_TABLE} SET prunes = prunes + 1, pruned_at = :now, "
+                "prune_horizon = CAST(:horizon AS xid8), "
+                "pruned_through = GREATEST(pruned_through, COALESCE(:cutoff, 0)) WHERE id = 1"
+            ),
+            {"now": moment, "horizon": new_horizon, "cutoff": cutoff},
+        )
+    else:
+        deleted = connection.execute(
+            text(f"DELETE FROM {CHANGE_TABLE} WHERE id <= :cutoff"), {"cutoff": cutoff}
+        ).rowcount
+        connection.execute(
+            text(
+                f"UPDATE {STATE_TABLE} SET prunes = prunes + 1, pruned_at = :now, "
+                "pruned_through = MAX(pruned_through, COALESCE(:cutoff, 0)) WHERE id = 1"
+            ),
+            {"now": moment, "cutoff": cutoff},
+        )
     through = connection.execute(
-        text(
-            f"UPDATE {STATE_TABLE} SET pruned_through = {greatest}(pruned_through, :cutoff) "
-            "WHERE id = 1 RETURNING pruned_through"
-        ),
-        {"cutoff": cutoff},
+        text(f"SELECT pruned_through FROM {STATE_TABLE} WHERE id = 1")
     ).scalar()
-    return PruneResult(deleted=int(deleted or 0), pruned_through=int(through or cutoff))
+    return PruneResult(deleted=int(deleted or 0), pruned_through=int(through or 0))
 
 
 def read_changes(connection: Connection, *, after: int = 0, limit: int = 1000) -> list[Change]:

@@ -42,31 +42,38 @@ writer at a time and allocates ids inside it, so id order is commit order.
 every ``fallback_interval`` in case a notification was lost. Ids come from a
 sequence, allocated before commit, so a change with a smaller id can become
 visible after a bigger one. Each read runs in one REPEATABLE READ snapshot
-``S`` (``pg_current_snapshot()``): the follower remembers every transaction
-in progress in ``S`` (``xip``) and, once a later snapshot shows it finished
-(below ``xmin``, or below ``xmax`` and not in ``xip``), reads that
-transaction's rows by ``txid``. Why that finds every late row: a row with id
-``g`` below a visible id ``M`` was allocated before ``M``, hence after its
-transaction got its xid and before ``S``; if it is not visible in ``S`` its
-transaction was in progress in ``S`` (or aborted). Transactions that start
-later allocate ids above everything visible, read by ``WHERE id > head``.
-Snapshots are cluster-wide, so a long transaction in any database holds
-:attr:`~ChangeFollower.position` back (never delivery). LISTEN needs a
+``S`` (``pg_current_snapshot()``) and reads ``WHERE id > head`` plus the
+*late* rows: rows at or below the head of every transaction that was
+uncertain in the previous read's snapshot ``P`` (in ``P``'s ``xip``, or at or
+above ``P``'s ``xmax``, which PostgreSQL does not list) and has finished in
+``S`` (below ``S``'s ``xmin``, or below its ``xmax`` and not in its ``xip``),
+selected by the logged ``txid``. Why that finds every late row exactly once:
+a row is invisible in ``P`` exactly when its transaction is uncertain in
+``P``; such a row at or below the head was never delivered, and becomes
+visible (all of its transaction's rows at once) in the first snapshot where
+its transaction has finished. Snapshots are cluster-wide, and LISTEN needs a
 session-level connection: point the follower past a transaction-pooling
-proxy, at the server itself.
+proxy, at the server itself. Not on a hot standby (see positions).
 
 **Positions.** :attr:`~ChangeFollower.head` is the biggest id delivered.
 :attr:`~ChangeFollower.position` is the change id the follower is complete
 through: every change with an id at or below it has been delivered (or was
-visible at the last gap, or will never commit). It equals ``head`` unless
-transactions that were open at an earlier read are still open; their later
-rows can then still arrive below ``head``. (Transactions already open at the
-last gap are not counted: their ids are unknown; they are still delivered.)
+visible at the last gap, or will never commit). On SQLite it equals
+``head``. On PostgreSQL, after a read the follower takes one xid
+(``pg_current_xact_id()``, in its own tiny transaction): every transaction
+that could still add a row at or below the head got its xid before it, so
+once a snapshot's ``xmin`` passes it, the position moves up to that head. A
+long transaction, in any database of the cluster, holds the position back,
+never delivery. After a gap the position starts at the gap's head;
+transactions open at that moment are still delivered when they commit.
 
 **Retention.** :func:`sesscache.changes.prune` deletes old changes (keeping a
-bounded number and age) and raises ``pruned_through`` in ``sesscache_change_state``. A
-follower whose head is below it, or which sees a prune while transactions it
-waits for finish, reports a :attr:`GapReason.RETENTION` gap.
+bounded number and age, at most once per ``min_interval``), raises
+``pruned_through`` and counts prunes in ``sesscache_change_state``; on
+PostgreSQL it only deletes rows of transactions that had finished by the
+previous prune. A follower whose head is below ``pruned_through``, or which
+sees two prunes between two of its reads, reports a
+:attr:`GapReason.RETENTION` gap.
 
 **Lag.** For every delivered change the follower records ``delivered_at -
 committed_at`` (seconds; ``committed_at`` is when the row was written, see
@@ -217,6 +224,7 @@ class _Source(Protocol):
 
     def connect(self) -> None: ...
     def close(self) -> None: ...
+    def dispose(self) -> None: ...
     def reset(self) -> int: ...
     def read(self, force: bool) -> _Read: ...
     def wait(self, timeout: float) -> bool: ...
@@ -267,6 +275,9 @@ class _SqliteSource:
             with contextlib.suppress(sqlite3.Error):
                 self._connection.close()
             self._connection = None
+
+    def dispose(self) -> None:
+        self.close()
 
     def _require(self) -> sqlite3.Connection:
         if self._connection is None:
@@ -360,11 +371,15 @@ class _PostgresSource:
         self._settings = settings
         self._connection: psycopg.Connection[Any] | None = None
         self._head = 0
+        self._position = 0
         self._epoch: str | None = None
         self._pruned = 0
-        # Transactions seen in progress -> the head before they were first seen
-        # (their rows are above it), or None when seen at a gap (unknown).
-        self._pending: dict[int, int | None] = {}
+        self._prunes = 0
+        # The snapshot of the previous read: what was still uncertain then.
+        self._snapshot = Snapshot(0, 0, frozenset())
+        # (head, xid): every id <= head is final once every xid <= xid has finished.
+        self._probe: tuple[int, int] | None = None
+        self._probe_wait = settings.poll_interval
         self._notified = False
         self._last_read = 0.0
         self._wake_r, self._wake_w = os.pipe()
@@ -377,8 +392,7 @@ class _PostgresSource:
 
     @property
     def position(self) -> int:
-        floors = [floor for floor in self._pending.values() if floor is not None]
-        return min([self._head, *floors])
+        return self._position
 
     def connect(self) -> None:
         self.close()
@@ -413,24 +427,27 @@ class _PostgresSource:
             raise psycopg.OperationalError("not connected")
         return self._connection
 
-    def _state(self, connection: psycopg.Connection[Any]) -> tuple[Snapshot, int, str]:
+    def _state(self, connection: psycopg.Connection[Any]) -> tuple[Snapshot, int, int, str]:
         row = connection.execute(
-            f"SELECT pg_current_snapshot()::text, pruned_through, epoch FROM {STATE_TABLE} "
-            "WHERE id = 1"
+            f"SELECT pg_current_snapshot()::text, pruned_through, prunes, epoch "
+            f"FROM {STATE_TABLE} WHERE id = 1"
         ).fetchone()
         if row is None:
             raise psycopg.OperationalError(f"{STATE_TABLE} is empty: is the change log installed?")
-        return Snapshot.parse(str(row[0])), int(row[1]), str(row[2])
+        return Snapshot.parse(str(row[0])), int(row[1]), int(row[2]), str(row[3])
 
     def reset(self) -> int:
         connection = self._require()
         with connection.transaction():
-            snapshot, pruned, epoch = self._state(connection)
+            snapshot, pruned, prunes, epoch = self._state(connection)
             top = connection.execute(f"SELECT max(id) FROM {CHANGE_TABLE}").fetchone()
         self._head = max(pruned, int(top[0]) if top and top[0] is not None else 0)
+        self._position = self._head
+        self._probe = None
         self._epoch = epoch
         self._pruned = pruned
-        self._pending = dict.fromkeys(snapshot.xip)
+        self._prunes = prunes
+        self._snapshot = snapshot
         self._last_read = time.monotonic()
         return self._head
 
@@ -439,15 +456,26 @@ class _PostgresSource:
         self._notified = False
         self._last_read = time.monotonic()
         head_before = self._head
+        previous = self._snapshot
         with connection.transaction():
-            snapshot, pruned, epoch = self._state(connection)
-            done = [txid for txid in self._pending if snapshot.finished(txid)]
+            snapshot, pruned, prunes, epoch = self._state(connection)
+            # Transactions uncertain at the previous read (in its xip, or at or
+            # above its xmax) and finished now: their rows at or below the head
+            # became visible since, and were never delivered.
+            finished = [str(x) for x in previous.xip if snapshot.finished(x)]
             late: list[Any] = []
-            if done:
+            if finished or previous.xmax < snapshot.xmax:
                 late = connection.execute(
-                    f"SELECT {PG_LOG_COLUMNS} FROM {CHANGE_TABLE} "
-                    "WHERE txid = ANY(%s::text[]::xid8[]) AND id <= %s ORDER BY id",
-                    ([str(txid) for txid in done], head_before),
+                    f"SELECT {PG_LOG_COLUMNS} FROM {CHANGE_TABLE} WHERE id <= %s AND ("
+                    "txid = ANY(%s::text[]::xid8[]) OR (txid >= %s::text::xid8 "
+                    "AND txid < %s::text::xid8 AND txid <> ALL(%s::text[]::xid8[]))) ORDER BY id",
+                    (
+                        head_before,
+                        finished,
+                        str(previous.xmax),
+                        str(snapshot.xmax),
+                        [str(x) for x in snapshot.xip],
+                    ),
                 ).fetchall()
             rows = connection.execute(
                 f"SELECT {PG_LOG_COLUMNS} FROM {CHANGE_TABLE} WHERE id > %s ORDER BY id LIMIT %s",
@@ -460,31 +488,48 @@ class _PostgresSource:
                 gap=GapReason.RETENTION,
                 detail=f"changes through {pruned} were pruned; the follower was at {head_before}",
             )
-        if pruned != self._pruned:
-            exposed = [
-                txid for txid in done if (floor := self._pending[txid]) is None or floor < pruned
-            ]
-            if exposed:
-                return _Read(
-                    gap=GapReason.RETENTION,
-                    detail=f"changes through {pruned} were pruned while {len(exposed)} "
-                    "transactions the follower waited for finished",
-                )
+        if prunes - self._prunes >= 2:
+            # prune() only deletes rows of transactions finished before the
+            # previous prune: one prune between two reads cannot take a late row.
+            return _Read(
+                gap=GapReason.RETENTION,
+                detail=f"{prunes - self._prunes} prunes ran between two reads of the follower",
+            )
         self._pruned = pruned
-        for txid in done:
-            del self._pending[txid]
-        for txid in snapshot.xip:
-            self._pending.setdefault(txid, head_before)
+        self._prunes = prunes
+        self._snapshot = snapshot
         changes = [change_from_row(row, float(row[6]), int(row[7])) for row in (*late, *rows)]
         if rows:
             self._head = int(rows[-1][0])
+        self._advance(connection, snapshot)
         return _Read(changes=changes, more=len(rows) == self._settings.batch)
+
+    def _advance(self, connection: psycopg.Connection[Any], snapshot: Snapshot) -> None:
+        """Move the complete-through position on (see the module docstring)."""
+        if self._probe is not None:
+            if snapshot.xmin <= self._probe[1]:
+                # Still waiting: check again soon, backing off up to the fallback interval.
+                self._probe_wait = min(self._probe_wait * 2, self._settings.fallback_interval)
+                return
+            self._position = self._probe[0]
+            self._probe = None
+        if self._position < self._head:
+            # Every transaction that could still add a row at or below the head
+            # got its xid before this one: once all below it finished, we are
+            # complete through the head. (This consumes one xid.)
+            row = connection.execute("SELECT pg_current_xact_id()::text").fetchone()
+            assert row is not None
+            self._probe = (self._head, int(row[0]))
+            self._probe_wait = self._settings.poll_interval
 
     def wait(self, timeout: float) -> bool:
         """Wait for a notification, a wake-up or the fallback interval; True when woken."""
         if self._notified:
             return False
-        remaining = self._settings.fallback_interval - (time.monotonic() - self._last_read)
+        interval = self._settings.fallback_interval
+        if self._probe is not None:  # the position waits for a read: come back soon
+            interval = self._probe_wait
+        remaining = interval - (time.monotonic() - self._last_read)
         if remaining <= 0:
             return False
         fds: list[int] = [self._wake_r]
@@ -503,7 +548,7 @@ class _PostgresSource:
             os.write(self._wake_w, b"x")
 
 
-def _source_for(url: URL, settings: FeedSettings) -> _SqliteSource | _PostgresSource:
+def _source_for(url: URL, settings: FeedSettings) -> _Source:
     backend = url.get_backend_name()
     if backend == "sqlite":
         if url.database in (None, "", ":memory:"):
@@ -626,8 +671,7 @@ class ChangeFollower:
     def close(self) -> None:
         """Stop and release every resource."""
         self.stop()
-        if isinstance(self._source, _PostgresSource):
-            self._source.dispose()
+        self._source.dispose()
 
     def __enter__(self) -> ChangeFollower:
         return self.start()
@@ -695,7 +739,7 @@ class ChangeFollower:
         self._stop.wait(loop.backoff)
         loop.backoff = min(loop.backoff * 2, self._settings.reconnect_max)
 
-    def _publish(self, source: _SqliteSource | _PostgresSource) -> None:
+    def _publish(self, source: _Source) -> None:
         with self._lock:
             self._position = source.position
             self._head = source.head

@@ -10,16 +10,18 @@ recreated log, each reported as a typed gap; pruning.
 
 from __future__ import annotations
 
+import random
 import threading
 import time
 from collections.abc import Callable, Iterator
+from typing import Any
 
 import psycopg
 import pytest
 from sqlalchemy import Engine, text
 
 from bench.feed_lag import describe, measure
-from sesscache.changes import Change, prune, read_changes
+from sesscache.changes import Change, PruneResult, prune, read_changes
 from sesscache.db import make_engine, prepare_database
 from sesscache.feed import (
     ChangeFollower,
@@ -29,7 +31,7 @@ from sesscache.feed import (
     Snapshot,
     percentile,
 )
-from tests.support.plain import conninfo_params, run_all
+from tests.support.plain import connect, conninfo_params, run, run_all
 from tests.support.postgres import PostgresServer
 
 SETTINGS = FeedSettings(
@@ -200,6 +202,51 @@ def follow_pg(pg_database: tuple[str, str]) -> Iterator[tuple[str, Engine]]:
         engine.dispose()
 
 
+def test_concurrent_writers_every_change_once_and_each_row_in_commit_order(
+    engine: Engine, database_url: str, follow: Callable[..., tuple[ChangeFollower, Recorder]]
+) -> None:
+    """Writers hold transactions open for random times (some roll back): nothing lost or doubled."""
+    _follower, recorder = follow()
+    gap = recorder.wait_gaps(1)
+    writers, transactions = 4, 15
+    errors: list[BaseException] = []
+
+    def write(seed: int) -> None:
+        rng = random.Random(seed)
+        connection = connect(database_url, autocommit=False)
+        try:
+            for number in range(transactions):
+                row = rng.randint(1, 5)
+                run(connection, f"UPDATE person SET name = 'w{seed} {number}' WHERE id = {row}")  # noqa: S608
+                run(connection, f"UPDATE address SET street = 's{seed} {number}' WHERE id = {row}")  # noqa: S608
+                time.sleep(rng.random() * 0.01)
+                if rng.random() < 0.2:
+                    connection.rollback()
+                else:
+                    connection.commit()
+        except BaseException as error:  # reported below
+            errors.append(error)
+        finally:
+            connection.close()
+
+    threads = [threading.Thread(target=write, args=(seed,)) for seed in range(writers)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    assert not errors
+    committed = [c.id for c in logged(engine, gap.position)]
+    recorder.wait_ids(committed)
+    time.sleep(0.2)
+    delivered = recorder.ids()
+    assert sorted(delivered) == committed  # every committed change, once
+    by_row: dict[tuple[str, int], list[int]] = {}
+    for change in recorder.changes:
+        by_row.setdefault((change.table, change.row_id), []).append(change.id)
+    for ids in by_row.values():
+        assert ids == sorted(ids)  # one row's changes in commit order
+
+
 def test_commit_to_callback_lag(
     engine: Engine, database_url: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -224,8 +271,7 @@ def test_falling_behind_retention_is_a_gap(
         database_url,
         *(f"UPDATE person SET name = 'behind {n}' WHERE id = 2" for n in range(10)),  # noqa: S608
     )
-    with engine.begin() as connection:
-        result = prune(connection, keep=2)
+    result = prune_twice(engine, keep=2)
     assert result.deleted > 0
     recorder.hold.set()
     gap = recorder.wait_gaps(2)
@@ -237,25 +283,49 @@ def test_falling_behind_retention_is_a_gap(
     assert follower.gaps()[GapReason.RETENTION] == 1
 
 
+def prune_twice(engine: Engine, **limits: Any) -> PruneResult:
+    """Two prunes (on PostgreSQL the first may only set the horizon); their total."""
+    deleted = 0
+    for _ in range(2):
+        with engine.begin() as connection:
+            result = prune(connection, min_interval=0.0, **limits)
+        deleted += result.deleted
+    return PruneResult(deleted=deleted, pruned_through=result.pruned_through)
+
+
 def test_prune_keeps_a_bounded_number_and_age(engine: Engine, database_url: str) -> None:
     run_all(database_url, *(f"UPDATE person SET name = 'p {n}' WHERE id = 4" for n in range(5)))  # noqa: S608
     ids = [c.id for c in logged(engine)]
-    with engine.begin() as connection:
-        result = prune(connection, keep=3)
+    result = prune_twice(engine, keep=3)
     assert result.deleted == len(ids) - 3
     assert result.pruned_through == ids[-4]
     assert [c.id for c in logged(engine)] == ids[-3:]
     with engine.begin() as connection:
-        assert prune(connection, keep=3).deleted == 0
-        everything = prune(connection, keep=None, max_age=0.0, now=time.time() + 1)
+        assert not prune(connection, keep=0, min_interval=60.0).ran  # too soon: nothing
+    assert [c.id for c in logged(engine)] == ids[-3:]
+    everything = prune_twice(engine, keep=None, max_age=0.0, now=time.time() + 1)
     assert everything.deleted == 3
     assert everything.pruned_through == ids[-1]
     with engine.begin() as connection:
-        again = prune(connection, keep=10)
+        again = prune(connection, keep=10, min_interval=0.0)
         state = connection.execute(text("SELECT pruned_through FROM sesscache_change_state"))
         assert again.pruned_through == state.scalar() == ids[-1]
     run_all(database_url, "UPDATE person SET name = 'after pruning' WHERE id = 1")
     assert [c.id for c in logged(engine)] == [ids[-1] + 1]  # ids are never reused
+
+
+def test_prunes_within_the_limits_leave_followers_alone(
+    engine: Engine, database_url: str, follow: Callable[..., tuple[ChangeFollower, Recorder]]
+) -> None:
+    follower, recorder = follow()
+    recorder.wait_gaps(1)
+    for _ in range(3):
+        with engine.begin() as connection:
+            assert not prune(connection, keep=10**6, min_interval=0.0).ran
+    run_all(database_url, "UPDATE person SET name = 'still following' WHERE id = 5")
+    recorder.wait_ids([logged(engine)[-1].id])
+    assert [gap.reason for gap in recorder.gaps] == [GapReason.START]
+    assert follower.gaps()[GapReason.RETENTION] == 0
 
 
 def test_restarting_the_follower_reports_a_restart_gap(
