@@ -236,6 +236,9 @@ class Freshness:
         #: Whether cached entries may be served (False while the feed is lost too long).
         self.vouching = False
         self._disconnects = 0
+        self._handed = 0
+        self._applied = 0
+        self._handed_lock = threading.Lock()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._started = asyncio.Event()
         self._follower: ChangeFollower | None = None
@@ -275,7 +278,22 @@ class Freshness:
         position = follower.position if follower is not None else 0
         if changes and changes[0].txid is None:
             position = max(position, *(change.id for change in changes))
+        with self._handed_lock:
+            self._handed += 1
         self._hand(self._apply, changes, position)
+
+    def refresh_position(self) -> int:
+        """Advance :attr:`position` to the follower's when every batch it delivered
+        has been applied (on the loop); return it."""
+        follower = self._follower
+        if follower is None or not self.vouching:
+            return self.position
+        published = follower.position  # read before the count (see _changes_arrived)
+        with self._handed_lock:
+            handed = self._handed
+        if handed == self._applied:
+            self.position = max(self.position, published)
+        return self.position
 
     # -- the calls of a session --------------------------------------------------------
 
@@ -403,7 +421,9 @@ class Freshness:
                 self._shared(change.id)
         self.changes_applied += len(changes)
         self._lag.record([max(0.0, now - change.committed_at) for change in changes])
+        self._applied += 1
         self.position = max(self.position, position)
+        self.refresh_position()
 
     def _queue_or_apply(self, state: SessionState, item: _Pending) -> None:
         book = self.of(state)
@@ -501,7 +521,7 @@ class Freshness:
         with self._lock:
             removed = dict(self.removed)
         return FreshnessStats(
-            position=self.position,
+            position=self.refresh_position(),
             head=follower.head if follower is not None else 0,
             invalidations=removed,
             gaps=dict(self.gaps),
