@@ -18,8 +18,10 @@ from sqlalchemy import create_engine
 
 from sesscache import changes
 from sesscache_client import Client, Session
+from sesscache_client.cli import _event_line
 from sesscache_client.v1 import sesscache_pb2 as pb
 from tests.support import plain
+from tests.support.cli import run_cli
 from tests.support.postgres import PostgresServer
 from tests.support.servers import ServerThread
 
@@ -307,3 +309,26 @@ def test_feed_loss_and_recovery_with_postgres_stopped(
             assert session.query_persons(name="person 04").cache_status == pb.CACHE_STATUS_HIT
     finally:
         postgres.drop_database(name)
+
+
+def test_the_cli_shows_the_feed_and_change_invalidations(
+    capsys: pytest.CaptureFixture[str],
+    server: ServerThread,
+    client: Client,
+    database_url: str,
+    sql: Callable[[str], None],
+) -> None:
+    person = _insert_person(database_url, _name())
+    session = client.session(_name("cli"))
+    session.query_persons(ids=[person])
+    with session.watch(types=["invalidate"], duration=10.0) as events:
+        sql(f"UPDATE person SET name = '{_name('cli')}' WHERE id = {person}")  # noqa: S608
+        event = next(iter(events))
+    assert _event_line(event).endswith(f"change {event.change_id}: person {person}")
+    wait_applied(client, database_url)
+    status, out, err = run_cli(capsys, server, "stats")
+    assert (status, err) == (0, "")
+    assert "change feed: connected, position " in out
+    assert "lag commit->applied: p50 " in out
+    assert "removals by reason: change " in out
+    assert "gaps by reason: start 1" in out

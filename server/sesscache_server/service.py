@@ -19,7 +19,9 @@ on the event loop, with no thread, no statement and no database.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from sqlalchemy.orm import Session
@@ -178,14 +180,12 @@ class PersonService:
             store.grow(entry, message_size(rendered))
         if hit:
             return Served(response, rows=entry.rows, saved=payload.sql_statements)
-        ids = [person.id for person in rows]
-        addresses = [a.id for person in rows for a in person.addresses] if query.full else []
         return Served(
             response,
             rows=entry.rows,
             miss=found if isinstance(found, Miss) else None,
             stored=entry,
-            deps=Dependencies.for_person_query(query, ids, addresses),
+            deps=page_dependencies(query, page, more=len(rows) > query.limit),
             seen=seen,
         )
 
@@ -206,6 +206,21 @@ class PersonService:
             session.rollback()
         except Exception as error:  # the connection may be gone with the database
             log.debug("rollback after a failed call failed too: %s", error)
+
+
+def page_dependencies(query: PersonQuery, page: Sequence[Person], *, more: bool) -> Dependencies:
+    """What a stored page depends on: the persons it shows (and their addresses, in
+    the full view), and its criteria over ids up to its last person when more
+    follow (open-ended otherwise). The look-ahead row that tells whether more
+    follow is not part of it: a change of that row leaves the page as it is
+    (only whether a next page exists may change, which the next page tells)."""
+    ids = [person.id for person in page]
+    addresses = [a.id for person in page for a in person.addresses] if query.full else []
+    deps = Dependencies.for_person_query(query, ids, addresses)
+    if not more or not ids:
+        return deps
+    criteria = tuple(dataclasses.replace(c, through_id=ids[-1]) for c in deps.criteria)
+    return dataclasses.replace(deps, criteria=criteria)
 
 
 def render_person(person: Person, *, full: bool) -> pb.Person:
