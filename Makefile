@@ -11,7 +11,7 @@ STUBS  := sesscache_pb2.py sesscache_pb2.pyi sesscache_pb2_grpc.py sesscache_pb2
 GEN    := $(addprefix sesscache/v1/,$(STUBS)) $(addprefix client/sesscache_client/v1/,$(STUBS))
 PYTEST_ARGS ?=
 
-.PHONY: all setup node-deps proto run test lint typecheck pytest bench soak scale-demo clean
+.PHONY: all setup node-deps proto run test lint typecheck pytest bench bench-freshness soak scale-demo clean
 
 all: test
 
@@ -73,6 +73,9 @@ test: lint typecheck pytest
 # Benchmarks and soaks: long runs with their own targets (`make test` runs short versions).
 bench: setup
 	$(PY) -m bench $(ARGS)
+
+bench-freshness: setup
+	$(PY) -m bench.freshness $(ARGS)
 
 soak: setup
 	$(PY) -m soak $(ARGS)

@@ -331,4 +331,5 @@ def test_the_cli_shows_the_feed_and_change_invalidations(
     assert "change feed: connected, position " in out
     assert "lag commit->applied: p50 " in out
     assert "removals by reason: change " in out
-    assert "gaps by reason: start 1" in out
+    assert "gaps by reason: " in out
+    assert "start 1" in out
