@@ -23,6 +23,7 @@ from sesscache_client.v1 import sesscache_pb2 as pb
 from tests.support import plain
 from tests.support.cli import run_cli
 from tests.support.postgres import PostgresServer
+from tests.support.redis import RedisServer
 from tests.support.servers import ServerThread
 
 CODE_ID = 1  # a fixture postal code
@@ -333,3 +334,43 @@ def test_the_cli_shows_the_feed_and_change_invalidations(
     assert "removals by reason: change " in out
     assert "gaps by reason: " in out
     assert "start 1" in out
+
+
+@pytest.mark.redis
+def test_a_reference_change_reaches_every_session_and_the_shared_redis_once(
+    make_server: Callable[..., ServerThread],
+    fresh_database_url: str,
+    redis_server: RedisServer,
+) -> None:
+    if not redis_server.running:
+        redis_server.start()
+    with redis_server.client() as connection:
+        connection.flushdb()
+    # Two replicas sharing one database and one Redis shared region.
+    replicas = [make_server(fresh_database_url, redis_url=redis_server.url) for _ in range(2)]
+    clients = [Client(replica.target) for replica in replicas]
+    try:
+        sessions = [c.session(_name("ref")) for c in clients]
+        for session in sessions:
+            (person,) = session.query_persons(name="person 01").persons
+        city = person.addresses[0].city
+        with redis_server.client() as connection:
+            assert connection.keys("sesscache:default:*"), "the address bits are shared"
+        plain.run_all(
+            fresh_database_url,
+            f"UPDATE city SET name = 'Renamed {city}' WHERE name = '{city}'",  # noqa: S608
+        )
+        for c in clients:
+            wait_applied(c, fresh_database_url)
+        for session in sessions:
+            response = session.query_persons(name="person 01")
+            assert response.miss.reason == pb.MISS_REASON_CHANGED
+            assert response.miss.detail.startswith("city ")
+            assert response.persons[0].addresses[0].city == f"Renamed {city}"
+        with redis_server.client() as connection:
+            claims = connection.keys("sesscache:claim:*")
+        # One claim for the change: one replica cleared the shared region for it.
+        assert [key.decode() for key in claims] == [f"sesscache:claim:{response.miss.change_id}"]
+    finally:
+        for c in clients:
+            c.close()
