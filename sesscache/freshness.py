@@ -73,6 +73,9 @@ log = logging.getLogger(__name__)
 RING = 4096
 #: Own writes a session remembers (older ones have long been applied).
 OWN_KEPT = 16
+#: Changes queued for a session while one call holds it, at most; beyond, the
+#: session's cache is cleared when the call lets go (one item instead).
+PENDING_MAX = 10_000
 #: The gap reason of a follower disconnected past the freshness timeout.
 DISCONNECTED = "disconnected"
 
@@ -428,6 +431,8 @@ class Freshness:
     def _queue_or_apply(self, state: SessionState, item: _Pending) -> None:
         book = self.of(state)
         if state.lock.locked():
+            if len(book.pending) >= PENDING_MAX:
+                book.pending = [_Clear("too many changes while a call ran")]
             book.pending.append(item)
             return
         self._apply_one(state, book, self.registry.store_of(state), item)

@@ -20,7 +20,7 @@ from sqlalchemy.orm import sessionmaker
 from sesscache.changes import Change, Op
 from sesscache.core import CacheCore
 from sesscache.feed import FeedGap, GapReason
-from sesscache.freshness import RING, Freshness, OwnWrite
+from sesscache.freshness import PENDING_MAX, RING, Freshness, OwnWrite
 from sesscache.precision import Dependencies
 from sesscache.queries import PersonQuery
 from sesscache.registry import SessionRegistry, SessionState
@@ -141,5 +141,19 @@ def test_a_gap_clears_every_session_and_is_counted() -> None:
         assert store.removals[digest_of(KEY)].detail == "feed gap: retention"
         assert freshness.stats().gaps == {"start": 1, "retention": 1}
         assert freshness.position == 9
+
+    _run(test)
+
+
+def test_changes_queued_behind_a_long_call_are_bounded() -> None:
+    async def test(freshness: Freshness, core: CacheCore) -> None:
+        async with core.session("s", principal="") as state:
+            store = _store(core, state)
+            freshness.stored(state, KEY, _put(store), DEPS)
+        async with core.session("s", principal="") as state:
+            freshness._apply([_change(n) for n in range(1, PENDING_MAX + 10)], PENDING_MAX + 9)
+            assert len(Freshness.of(state).pending) <= PENDING_MAX
+        assert store.peek(KEY) is None
+        assert store.removals[digest_of(KEY)].detail == "too many changes while a call ran"
 
     _run(test)
