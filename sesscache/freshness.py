@@ -303,7 +303,7 @@ class Freshness:
     @staticmethod
     def of(state: SessionState) -> SessionFreshness:
         book = state.freshness
-        if not isinstance(book, SessionFreshness):
+        if book is None:
             book = state.freshness = SessionFreshness()
         return book
 
@@ -317,7 +317,7 @@ class Freshness:
         """The call is done with the session (its lock still held, on the loop):
         apply what was queued meanwhile."""
         book = state.freshness
-        if not isinstance(book, SessionFreshness) or not book.pending:
+        if book is None or not book.pending:
             return
         pending, book.pending = book.pending, []
         store = self.registry.store_of(state)

@@ -32,7 +32,7 @@ from collections import Counter, OrderedDict
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any, Protocol, cast
+from typing import TYPE_CHECKING, Protocol, cast
 
 from sortedcontainers import SortedDict
 from sqlalchemy.orm import Session, scoped_session, sessionmaker
@@ -40,6 +40,9 @@ from sqlalchemy.orm import Session, scoped_session, sessionmaker
 from sesscache.backend import STORE_INFO_KEY, store_for
 from sesscache.stats import REMOVAL_COUNTERS, Counters
 from sesscache.store import Entry, Removal, RemovalReason, SessionStore
+
+if TYPE_CHECKING:
+    from sesscache.freshness import SessionFreshness
 
 log = logging.getLogger(__name__)
 
@@ -134,7 +137,7 @@ class SessionState:
     #: (a keyed hash: see :class:`SessionRegistry`'s ``handle``).
     handle: str = ""
     #: Change-feed book-keeping of :mod:`sesscache.freshness` (None: no feed).
-    freshness: Any = None
+    freshness: SessionFreshness | None = None
 
     @property
     def principal(self) -> str:
