@@ -14,7 +14,7 @@ STUBS  := sesscache_pb2.py sesscache_pb2.pyi sesscache_pb2_grpc.py sesscache_pb2
 GEN    := $(addprefix sesscache/v1/,$(STUBS)) $(addprefix client/sesscache_client/v1/,$(STUBS))
 PYTEST_ARGS ?=
 
-.PHONY: all setup setup-run node-deps proto run test lint typecheck pytest bench bench-console soak scale-demo clean
+.PHONY: all setup setup-run node-deps proto run test lint typecheck pytest bench bench-console bench-freshness soak scale-demo clean
 
 all: test
 
@@ -90,6 +90,9 @@ bench: setup
 # The web console's page load with 10,000 sessions, and its cost to the hit path.
 bench-console: setup
 	$(PY) -m bench.console $(ARGS)
+
+bench-freshness: setup
+	$(PY) -m bench.freshness $(ARGS)
 
 soak: setup
 	$(PY) -m soak $(ARGS)

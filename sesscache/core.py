@@ -39,6 +39,7 @@ from concurrent.futures import Executor
 from typing import Any, TypeVar
 
 from sesscache.caching import CachedResult
+from sesscache.freshness import Freshness
 from sesscache.registry import SessionRegistry, SessionState
 from sesscache.store import Entry, Hit
 
@@ -60,9 +61,13 @@ class CacheCore:
     ``registry``: the sessions. ``executor``: where database work runs.
     """
 
-    def __init__(self, registry: SessionRegistry, executor: Executor) -> None:
+    def __init__(
+        self, registry: SessionRegistry, executor: Executor, freshness: Freshness | None = None
+    ) -> None:
         self.registry = registry
         self.executor = executor
+        #: The change feed's side of each call (see :mod:`sesscache.freshness`).
+        self.freshness = freshness
         self._abandon = asyncio.Event()
 
     # -- the hit path -------------------------------------------------------------
@@ -124,7 +129,15 @@ class CacheCore:
             try:
                 async with state.lock:
                     if not state.ended:
-                        yield state
+                        freshness = self.freshness
+                        if freshness is not None:
+                            freshness.call_started(state)
+                        try:
+                            yield state
+                        finally:
+                            if freshness is not None and not state.ended:
+                                # Changes queued while the call ran, before others may use it.
+                                freshness.call_ended(state)
                         return
             finally:
                 registry.release(state)

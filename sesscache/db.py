@@ -3,6 +3,7 @@
 :func:`make_engine` builds the engine the server uses, with the pool settings
 of :class:`PoolSettings` and the listener that counts SQL statements per call
 (see :mod:`sesscache.tracking`). :func:`prepare_database` creates the schema
+(with the change log and its triggers, see :mod:`sesscache.changes`)
 and seeds the fixture data; it is idempotent and safe when several server
 processes start at once against one database, because it holds a lock for
 the whole transaction: a transaction-level advisory lock on PostgreSQL, an
@@ -22,13 +23,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Connection, Engine, create_engine, event, inspect, make_url, text
+from sqlalchemy import Engine, create_engine, event, make_url, text
 from sqlalchemy.engine import URL
 from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.orm import Session
 from sqlalchemy.pool import StaticPool
 
-from sesscache import fixtures, tracking
+from sesscache import changes, fixtures, tracking
 from sesscache.models import Base
 
 log = logging.getLogger(__name__)
@@ -153,20 +154,14 @@ def prepare_database(engine: Engine, *, persons: int = fixtures.DEFAULT_PERSONS)
                 text("SELECT pg_advisory_xact_lock(:key)"), {"key": PREPARE_LOCK_KEY}
             )
         Base.metadata.create_all(connection)
-        _add_person_version(connection)
+        # The change log and its triggers (and person.version on a database made
+        # before writes existed), before seeding (which needs person.version).
+        changes.install(connection)
         with Session(bind=connection) as session:
             added = fixtures.seed(session, persons=persons)
     if added:
         log.info("database prepared: %d fixture rows added", added)
     return added
-
-
-def _add_person_version(connection: Connection) -> None:
-    """Give a ``person`` table made before writes existed its ``version`` column."""
-    columns = {column["name"] for column in inspect(connection).get_columns("person")}
-    if "version" not in columns:
-        connection.execute(text("ALTER TABLE person ADD COLUMN version INTEGER NOT NULL DEFAULT 1"))
-        log.info("database upgraded: person.version added")
 
 
 @contextlib.contextmanager

@@ -70,6 +70,12 @@ class Event:
     key: str = ""
     rows: int = 0
     time: float = 0.0
+    #: Removals: how the entry left (a RemovalReason value, e.g. "change").
+    reason: str = ""
+    #: Removals by a change: the changed table, row and change id.
+    table: str = ""
+    row_id: int = 0
+    change_id: int = 0
 
 
 class Ring:
@@ -313,6 +319,10 @@ class EventBus:
         region: str = "",
         key: str = "",
         rows: int = 0,
+        reason: str = "",
+        table: str = "",
+        row_id: int = 0,
+        change_id: int = 0,
     ) -> None:
         """Write an event into its session's ring and the all-sessions ring,
         those that exist (from any thread; never blocks on a subscriber)."""
@@ -320,7 +330,9 @@ class EventBus:
         everything = self._everything
         if ring is None and everything is None:
             return
-        event = Event(type, session, region, key, rows, time.time())
+        event = Event(
+            type, session, region, key, rows, time.time(), reason, table, row_id, change_id
+        )
         if ring is not None:
             ring.push(event)
         if everything is not None:

@@ -101,6 +101,7 @@ class Person(Base):
 
     id: Mapped[int] = mapped_column(primary_key=True)
     name: Mapped[str] = mapped_column(String(100), unique=True)
+    #: The etag; the change-log triggers also bump it (see :mod:`sesscache.changes`).
     version: Mapped[int] = mapped_column(server_default=text("1"))
 
     addresses: Mapped[list[Address]] = relationship(

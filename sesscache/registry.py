@@ -32,14 +32,17 @@ from collections import Counter, OrderedDict
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Protocol, cast
+from typing import TYPE_CHECKING, Protocol, cast
 
 from sortedcontainers import SortedDict
 from sqlalchemy.orm import Session, scoped_session, sessionmaker
 
 from sesscache.backend import STORE_INFO_KEY, store_for
 from sesscache.stats import REMOVAL_COUNTERS, Counters
-from sesscache.store import Entry, RemovalReason, SessionStore
+from sesscache.store import Entry, Removal, RemovalReason, SessionStore
+
+if TYPE_CHECKING:
+    from sesscache.freshness import SessionFreshness
 
 log = logging.getLogger(__name__)
 
@@ -54,7 +57,7 @@ _scope: contextvars.ContextVar[ScopeKey | None] = contextvars.ContextVar(
 class RegistryObserver(Protocol):
     """Told what the registry and the session caches drop, and why."""
 
-    def entry_removed(self, key: ScopeKey, entry: Entry, reason: RemovalReason) -> None:
+    def entry_removed(self, key: ScopeKey, entry: Entry, removal: Removal) -> None:
         """An entry left a session cache (any reason but its session ending)."""
 
     def session_ended(self, state: SessionState, reason: EndReason, keys_dropped: int) -> None:
@@ -133,6 +136,8 @@ class SessionState:
     #: A stable, opaque name for the session that reveals neither owner nor id
     #: (a keyed hash: see :class:`SessionRegistry`'s ``handle``).
     handle: str = ""
+    #: Change-feed book-keeping of :mod:`sesscache.freshness` (None: no feed).
+    freshness: SessionFreshness | None = None
 
     @property
     def principal(self) -> str:
@@ -235,7 +240,7 @@ class SessionRegistry:
         session.info[STORE_INFO_KEY] = SessionStore(
             max_entries=self.limits.max_entries,
             max_bytes=self.limits.max_bytes,
-            on_removal=lambda entry, reason: self._entry_removed(key, entry, reason),
+            on_removal=lambda entry, removal: self._entry_removed(key, entry, removal),
             on_size=lambda entries, size: self._size_changed(key[0], entries, size),
         )
         return session
@@ -254,15 +259,15 @@ class SessionRegistry:
         entries, size = self._usage.get(principal, (0, 0))
         return entries, size, len(self._by_principal.get(principal, ()))
 
-    def _entry_removed(self, key: ScopeKey, entry: Entry, reason: RemovalReason) -> None:
+    def _entry_removed(self, key: ScopeKey, entry: Entry, removal: Removal) -> None:
         state = self._states.get(key)
-        counter = REMOVAL_COUNTERS[reason]
+        counter = REMOVAL_COUNTERS[removal.reason]
         if state is not None and counter is not None:
             for counters in (state.counters, state.principal_counters):
                 if counters is not None:
                     counters.add(**{counter: 1})
         if self.observer is not None:
-            self.observer.entry_removed(key, entry, reason)
+            self.observer.entry_removed(key, entry, removal)
 
     def current_session(self) -> Session:
         """The Session of the current scope (made on first use)."""

@@ -116,6 +116,8 @@ class Entry:
     hits: int = 0
     #: Approximate bytes the entry holds: rows, key, SQL, parameters, renderings.
     size: int = 0
+    #: The change-log position the entry is current as of (0: not followed).
+    fresh_as_of: int = 0
 
     @property
     def digest(self) -> str:
@@ -145,6 +147,9 @@ class Removal:
     at: float
     change: int = 0
     detail: str = ""
+    #: The changed row (reason CHANGED by one change): its table and id.
+    table: str = ""
+    row_id: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -166,8 +171,8 @@ class Miss:
 #: What :meth:`SessionStore.lookup` returns.
 Found = Hit | Miss
 
-#: Called with (entry, reason) whenever an entry leaves the store.
-RemovalListener = Callable[[Entry, RemovalReason], None]
+#: Called with (entry, how it left) whenever an entry leaves the store.
+RemovalListener = Callable[[Entry, Removal], None]
 
 #: Called with (entries added, bytes added) whenever the store's totals change
 #: (negative when entries leave), so a registry can total every store in O(1).
@@ -309,12 +314,19 @@ class SessionStore:
     # -- removal --------------------------------------------------------------
 
     def remove(
-        self, key: str, reason: RemovalReason, *, change: int = 0, detail: str = ""
+        self,
+        key: str,
+        reason: RemovalReason,
+        *,
+        change: int = 0,
+        detail: str = "",
+        table: str = "",
+        row_id: int = 0,
     ) -> Entry | None:
         """Remove the entry for ``key`` for ``reason``; return it (None if absent)."""
         entry = self._drop(key)
         if entry is not None:
-            self._removed(entry, Removal(reason, time.time(), change, detail))
+            self._removed(entry, Removal(reason, time.time(), change, detail, table, row_id))
         return entry
 
     @property
@@ -335,7 +347,7 @@ class SessionStore:
         self.on_size = None
         self.on_removal = None
 
-    def clear(self, reason: RemovalReason) -> list[Entry]:
+    def clear(self, reason: RemovalReason, *, detail: str = "") -> list[Entry]:
         """Remove every entry for ``reason``; return them, oldest first.
 
         Each is told to ``on_removal`` and recorded, except when the session
@@ -347,7 +359,7 @@ class SessionStore:
         self._by_seq.clear()
         self.bytes = 0
         if reason is not RemovalReason.SESSION_ENDED:
-            removal = Removal(reason, time.time())
+            removal = Removal(reason, time.time(), detail=detail)
             for entry in removed:
                 self._removed(entry, removal)
         return removed
@@ -402,7 +414,7 @@ class SessionStore:
             self.on_size(0, REMOVAL_SIZE)
         log.debug("cache entry %s %s (region %s)", entry.digest, removal.reason.value, entry.region)
         if self.on_removal is not None:
-            self.on_removal(entry, removal.reason)
+            self.on_removal(entry, removal)
 
     # -- inspection -------------------------------------------------------------
 

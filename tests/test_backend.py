@@ -267,8 +267,8 @@ class Removals:
     def __init__(self) -> None:
         self.seen: list[tuple[str, str]] = []
 
-    def __call__(self, entry: Entry, reason: RemovalReason) -> None:
-        self.seen.append((entry.key, reason.value))
+    def __call__(self, entry: Entry, removal: Removal) -> None:
+        self.seen.append((entry.key, removal.reason.value))
 
 
 def test_get_refreshes_recency_for_eviction() -> None:

@@ -80,7 +80,9 @@ def test_stats(capsys: pytest.CaptureFixture[str], server: ServerThread, session
     assert rows["sql saved by hits"][4] == "1"
     assert rows["entries"][1] == "1"
     assert rows["sessions"][1] == "-", "no session count for one session"
-    assert re.fullmatch(r"since\s+\d{4}-.*Z\s+\d{4}-.*Z", out.splitlines()[-1])
+    since = next(line for line in out.splitlines() if line.startswith("since"))
+    assert re.fullmatch(r"since\s+\d{4}-.*Z\s+\d{4}-.*Z", since)
+    assert "change feed: connected" in out, "the feed's figures follow the table"
 
     status, out, _ = cli(capsys, server, "stats")
     assert status == EXIT_OK
@@ -368,7 +370,7 @@ def test_json_output_of_every_command(
     assert stats["session"]["hits"] == 1
     assert stats["server"]["sessions"] >= 1
     _, out, _ = cli(capsys, server, "--json", "stats")
-    assert set(_json(out)) == {"server"}
+    assert set(_json(out)) == {"server", "feed"}
     _, out, _ = cli(capsys, server, "--json", "stats", "--session", session_id, "--reset")
     assert _json(out)["before"]["hits"] == 1
 

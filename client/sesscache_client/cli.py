@@ -479,12 +479,31 @@ def cmd_stats(client: Client, args: argparse.Namespace) -> int:
         columns = [("SESSION", response.session), ("SERVER", response.server)]
     else:
         response = sesscache_pb2.GetStatsResponse(server=client.server_stats())
+        feed = client.get_stats()  # the change feed's figures (admin)
+        if feed.HasField("feed"):
+            response.feed.CopyFrom(feed.feed)
         columns = [("SERVER", response.server)]
     if args.json:
         _print_json(_as_dict(response))
         return EXIT_OK
     print(_stats_table(columns, server=any(name == "SERVER" for name, _ in columns)))
+    if response.HasField("feed"):
+        print(_feed_lines(response.feed))
     return EXIT_OK
+
+
+def _feed_lines(feed: sesscache_pb2.FeedStats) -> str:
+    """The change feed's figures, under the statistics table."""
+    removed = ", ".join(f"{k} {v}" for k, v in sorted(feed.invalidations.items())) or "none"
+    gaps = ", ".join(f"{k} {v}" for k, v in sorted(feed.gaps.items())) or "none"
+    state = "connected" if feed.connected else "DISCONNECTED"
+    return (
+        f"change feed: {state}, position {feed.position}, head {feed.head}, "
+        f"{feed.changes} changes applied\n"
+        f"  lag commit->applied: p50 {feed.lag_p50_ms:.1f} ms, p99 {feed.lag_p99_ms:.1f} ms\n"
+        f"  removals by reason: {removed}\n"
+        f"  gaps by reason: {gaps}"
+    )
 
 
 def _reset_stats(client: Client, args: argparse.Namespace) -> int:
@@ -836,6 +855,9 @@ def _event_line(event: sesscache_pb2.CacheEvent) -> str:
         ],
         str(event.rows),
         str(event.lost) if event.lost else "",
+    ) + (
+        # An invalidation by a committed change: which row, which change.
+        f"  change {event.change_id}: {event.table} {event.row_id}" if event.change_id else ""
     )
 
 

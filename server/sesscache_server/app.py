@@ -29,16 +29,20 @@ from pathlib import Path
 from typing import TextIO
 
 import grpc
+from dogpile.cache.backends.redis import RedisBackend
 from dogpile.cache.region import CacheRegion
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from sqlalchemy import Engine, make_url
 from sqlalchemy.exc import ArgumentError, DatabaseError, NoSuchModuleError
 from sqlalchemy.orm import sessionmaker
 
-from sesscache import __version__, db
+from sesscache import __version__, changes, db
 from sesscache.backend import SharedMemoryBackend
 from sesscache.caching import QueryCache
-from sesscache.regions import SHARED_REGION, RegionSettings, make_regions
+from sesscache.feed import FeedSettings
+from sesscache.freshness import Freshness, ObserverPair
+from sesscache.precision import names_sort_by_codepoint
+from sesscache.regions import SHARED_REGION, RegionSettings, clear_shared, make_regions
 from sesscache.registry import SessionRegistry
 from sesscache.v1 import sesscache_pb2 as pb
 from sesscache_server import auth, config, memory, reflection, webconsole
@@ -112,6 +116,7 @@ class Running:
     metrics: Metrics | None = None
     http: HttpServer | None = None
     access: AccessLog | None = None
+    freshness: Freshness | None = None
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
 
     async def stop(self, grace: float) -> None:
@@ -131,6 +136,8 @@ class Running:
         await stopping
         if self.access is not None:
             self.access.close()  # the lines of the last calls, and of any cancelled later
+        if self.freshness is not None:
+            await self.freshness.stop()
         self.executor.shutdown(wait=False, cancel_futures=True)
         self.registry.close_all()
         self.engine.dispose()
@@ -138,7 +145,7 @@ class Running:
             await self.http.stop()
 
 
-async def start(
+async def start(  # noqa: PLR0915
     settings: config.Settings, engine: Engine, *, access_stream: TextIO | None = None
 ) -> Running:
     """Start serving on ``settings.listen`` (port 0 picks a free port).
@@ -163,12 +170,15 @@ async def start(
         handle=keys.session_handle,
     )
     regions = _regions(settings, registry, inspector)
+    freshness = _freshness(settings, engine, registry, regions[SHARED_REGION], executor)
+    if freshness is not None:
+        registry.observer = ObserverPair(inspector, freshness)
     query_cache = QueryCache(regions)
     query_cache.listen(factory)
     tokens = PageTokens(keys.page_tokens)
     servicer = SessionCacheServicer(
         registry,
-        PersonService(registry, query_cache, tokens),
+        PersonService(registry, query_cache, tokens, follows_changes=freshness is not None),
         tokens,
         executor,
         regions=regions,
@@ -178,6 +188,7 @@ async def start(
         max_watchers_per_principal=settings.max_watchers_per_principal,
         max_response_bytes=settings.max_response_bytes,
         info=server_info(settings, engine),
+        freshness=freshness,
     )
 
     http_listen = settings.effective_http_listen()
@@ -205,6 +216,9 @@ async def start(
                 "stop it or choose another --listen"
             ) from None
         raise OSError(f"cannot listen on {settings.listen}: {error}") from None
+    if freshness is not None:
+        # Its first gap (start) is applied before any call is served.
+        await freshness.start()
     await server.start()
     http: HttpServer | None = None
     if metrics is not None:
@@ -224,6 +238,9 @@ async def start(
     )
     running.http = http
     running.access = access
+    running.freshness = freshness
+    if freshness is not None:
+        running.tasks.append(asyncio.create_task(_prune_changes(settings, engine)))
     running.tasks.append(asyncio.create_task(_upkeep(registry, list(regions.values()))))
     running.tasks.append(asyncio.create_task(access.run()))
     return running
@@ -280,8 +297,8 @@ def _regions(
     )
     shared = regions[SHARED_REGION].backend
     if isinstance(shared, SharedMemoryBackend):
-        shared.store.on_removal = lambda entry, reason: inspector.entry_removed(
-            SHARED_SCOPE, entry, reason
+        shared.store.on_removal = lambda entry, removal: inspector.entry_removed(
+            SHARED_SCOPE, entry, removal
         )
     return regions
 
@@ -369,6 +386,67 @@ RELEASE_AT_LEAST_EVERY = 30.0
 def idle(registry: SessionRegistry) -> bool:
     """Whether the registry holds little: a burst of sessions has ended."""
     return registry.entries <= TRIM_AFTER_SESSIONS and len(registry) <= TRIM_AFTER_SESSIONS
+
+
+def _freshness(
+    settings: config.Settings,
+    engine: Engine,
+    registry: SessionRegistry,
+    shared: CacheRegion,
+    executor: ThreadPoolExecutor,
+) -> Freshness | None:
+    """The change feed's side of this server, unless it is off or the database is
+    in memory (nobody else can write it)."""
+    in_memory = engine.dialect.name == "sqlite" and engine.url.database in (None, "", ":memory:")
+    if not settings.change_feed or in_memory:
+        return None
+    with engine.connect() as connection:
+        codepoint = names_sort_by_codepoint(connection)
+
+    def clear(change_id: int | None) -> None:
+        # One replica acts per change on a shared Redis; each clears its own memory.
+        backend = shared.backend
+        if isinstance(backend, RedisBackend) and change_id is not None:
+            claim = f"{CLAIM_PREFIX}{change_id}"
+            if not backend.writer_client.set(claim, b"1", nx=True, ex=CLAIM_TTL):
+                return
+        try:
+            clear_shared(shared)
+        except Exception as error:  # Redis down: its entries expire on their own
+            log.warning("cannot clear the shared region: %s", error)
+
+    return Freshness(
+        registry,
+        engine.url,
+        settings=FeedSettings(poll_interval=settings.change_poll_interval),
+        timeout=settings.freshness_timeout,
+        clear_shared=clear,
+        executor=executor.submit,
+        codepoint_names=codepoint,
+    )
+
+
+#: Redis keys claiming a change for one replica's shared-region clear, and their life.
+CLAIM_PREFIX = "sesscache:claim:"
+CLAIM_TTL = 600
+#: Seconds between prunes of the change log.
+PRUNE_EVERY = 30.0
+
+
+async def _prune_changes(settings: config.Settings, engine: Engine) -> None:
+    """Now and then: prune the change log (every replica may; all of it is harmless)."""
+    age = None if settings.change_retention_age < 0 else settings.change_retention_age
+
+    def prune() -> None:
+        with engine.begin() as connection:
+            changes.prune(connection, keep=settings.change_retention, max_age=age)
+
+    while True:
+        await asyncio.sleep(PRUNE_EVERY)
+        try:
+            await asyncio.to_thread(prune)
+        except Exception as error:  # the database is away: next time
+            log.warning("cannot prune the change log: %s", error)
 
 
 async def _upkeep(registry: SessionRegistry, regions: list[CacheRegion]) -> None:

@@ -157,6 +157,26 @@ class Settings:
         default="",
     )
     page_token_secret: str = _opt("alias of --secret (kept for existing set-ups)", default="")
+    change_feed: bool = _opt(
+        "follow the database's change log and invalidate what every committed change can "
+        "affect, in every session (not for an in-memory SQLite database)",
+        default=True,
+    )
+    change_poll_interval: float = _opt(
+        "seconds between checks of a SQLite database for new changes", default=0.05
+    )
+    change_retention: int = _opt(
+        "changes the log keeps (older ones are pruned by every server now and then)",
+        default=100_000,
+    )
+    change_retention_age: float = _opt(
+        "seconds a logged change is kept at most (-1: no age limit)", default=86_400.0
+    )
+    freshness_timeout: float = _opt(
+        "seconds the change feed may stay lost before the server stops serving cached "
+        "entries (it clears them and reads the database until the feed is back)",
+        default=5.0,
+    )
 
     # -- derived ----------------------------------------------------------------
 
@@ -198,6 +218,11 @@ class Settings:
             raise ValueError("grace must not be negative")
         if self.http_idle_timeout <= 0:
             raise ValueError("http_idle_timeout must be positive")
+        for name in ("change_poll_interval", "freshness_timeout"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"{name} must be positive")
+        if self.change_retention < 0:
+            raise ValueError("change_retention must not be negative")
         if bool(self.tls_cert) != bool(self.tls_key):
             raise ValueError("tls_cert and tls_key go together")
         if self.tls_client_ca and not self.tls_cert:

@@ -23,9 +23,10 @@ from google.protobuf.timestamp_pb2 import Timestamp
 
 from sesscache.caching import CachedResult
 from sesscache.events import REMOVAL_EVENTS, Event, EventBus, EventType
+from sesscache.freshness import FreshnessStats
 from sesscache.registry import EndReason, ScopeKey, SessionRegistry, SessionState
 from sesscache.stats import FIELDS, REMOVAL_COUNTERS, Counters, Snapshot
-from sesscache.store import Entry, Miss, MissReason, RemovalReason, SessionStore, digest_of
+from sesscache.store import Entry, Miss, MissReason, Removal, SessionStore, digest_of
 from sesscache.v1 import sesscache_pb2 as pb
 from sesscache_server.calls import Label
 
@@ -55,12 +56,23 @@ class Inspector:
 
     # -- RegistryObserver ----------------------------------------------------
 
-    def entry_removed(self, key: ScopeKey, entry: Entry, reason: RemovalReason) -> None:
+    def entry_removed(self, key: ScopeKey, entry: Entry, removal: Removal) -> None:
+        reason = removal.reason
         counter, kind = REMOVAL_COUNTERS[reason], REMOVAL_EVENTS[reason]
         if counter is not None:
             self.counters.add(**{counter: 1})
         if kind is not None:
-            self.events.publish(kind, key, region=entry.region, key=entry.key, rows=entry.rows)
+            self.events.publish(
+                kind,
+                key,
+                region=entry.region,
+                key=entry.key,
+                rows=entry.rows,
+                reason=reason.value,
+                table=removal.table,
+                row_id=removal.row_id,
+                change_id=removal.change,
+            )
 
     def session_ended(self, state: SessionState, reason: EndReason, keys_dropped: int) -> None:
         self.events.publish(EventType.SESSION_END, state.key, rows=keys_dropped)
@@ -124,6 +136,7 @@ def entry_message(entry: Entry, *, live_objects: int = 0) -> pb.CacheEntry:
         sql_statements=(
             entry.payload.sql_statements if isinstance(entry.payload, CachedResult) else 0
         ),
+        fresh_as_of=entry.fresh_as_of,
     )
     expires_in = entry.expires_in()
     if expires_in is None:
@@ -175,6 +188,21 @@ def stats_message(
     )
 
 
+def feed_message(stats: FreshnessStats) -> pb.FeedStats:
+    """The FeedStats message of a server's change feed."""
+    lag = stats.lag
+    return pb.FeedStats(
+        position=stats.position,
+        head=stats.head,
+        invalidations=stats.invalidations,
+        gaps=stats.gaps,
+        lag_p50_ms=(lag.p50 or 0.0) * 1000.0,
+        lag_p99_ms=(lag.p99 or 0.0) * 1000.0,
+        changes=stats.changes,
+        connected=stats.connected,
+    )
+
+
 def session_message(
     state: SessionState, store: SessionStore | None, inspector: Inspector
 ) -> pb.SessionInfo:
@@ -203,6 +231,10 @@ def event_message(event: Event, lost: int, inspector: Inspector) -> pb.CacheEven
         digest=_digest(event.key),
         rows=event.rows,
         lost=lost,
+        reason=event.reason,
+        table=event.table,
+        row_id=event.row_id,
+        change_id=event.change_id,
     )
 
 

@@ -19,7 +19,9 @@ on the event loop, with no thread, no statement and no database.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from sqlalchemy.orm import Session
@@ -27,11 +29,13 @@ from sqlalchemy.orm import Session
 from sesscache import tracking
 from sesscache.backend import store_for
 from sesscache.caching import CachedResult, QueryCache
+from sesscache.freshness import Seen, read_seen
 from sesscache.memo import Memo
 from sesscache.models import Person
+from sesscache.precision import Dependencies
 from sesscache.queries import PersonQuery
 from sesscache.registry import SessionRegistry
-from sesscache.store import Hit, Miss, RemovalReason, value_size
+from sesscache.store import Entry, Hit, Miss, RemovalReason, SessionStore, value_size
 from sesscache.v1 import sesscache_pb2 as pb
 from sesscache_server.inspection import miss_message
 from sesscache_server.paging import PageTokens
@@ -72,6 +76,10 @@ class Served:
     rows: int = 0
     saved: int = 0
     miss: Miss | None = None
+    #: Stored by this call: the entry and what it depends on (for the change feed).
+    stored: Entry | None = None
+    deps: Dependencies | None = None
+    seen: Seen | None = None
 
 
 class PersonService:
@@ -84,8 +92,11 @@ class PersonService:
         tokens: PageTokens,
         *,
         known_keys_bytes: int = KNOWN_KEYS_BYTES,
+        follows_changes: bool = False,
     ) -> None:
         self.registry = registry
+        #: Whether a miss reads what it can see of the change log (see sesscache.freshness).
+        self.follows_changes = follows_changes
         self.query_cache = query_cache
         self.tokens = tokens
         # The cache key of each query seen, so a hit needs no statement; bounded
@@ -122,9 +133,11 @@ class PersonService:
         key = self.key_of(request) if cached else ""
         found = store.lookup(key, count=False) if cached else None
         statement = query.statement(cached=cached)
-        if not cached:
-            # Read the database afresh even for objects already in the session.
+        if not isinstance(found, Hit):
+            # Read the database afresh even for objects already in the session:
+            # a miss (a change may have removed the entry) refreshes them.
             statement = statement.execution_options(populate_existing=True)
+        seen = self._seen(session, store, key) if isinstance(found, Miss) else None
         with tracking.track() as tracker:
             try:
                 rows = session.execute(statement).unique().scalars().all()
@@ -167,7 +180,25 @@ class PersonService:
             store.grow(entry, message_size(rendered))
         if hit:
             return Served(response, rows=entry.rows, saved=payload.sql_statements)
-        return Served(response, rows=entry.rows, miss=found if isinstance(found, Miss) else None)
+        return Served(
+            response,
+            rows=entry.rows,
+            miss=found if isinstance(found, Miss) else None,
+            stored=entry,
+            deps=page_dependencies(query, page, more=len(rows) > query.limit),
+            seen=seen,
+        )
+
+    def _seen(self, session: Session, store: SessionStore, key: str) -> Seen | None:
+        """What the miss's statement will see of the change log (None: no feed)."""
+        if not self.follows_changes:
+            return None
+        try:
+            return read_seen(session)
+        except BaseException:
+            store.remove(key, RemovalReason.FAILED)
+            self._rollback(session)
+            raise
 
     @staticmethod
     def _rollback(session: Session) -> None:
@@ -175,6 +206,21 @@ class PersonService:
             session.rollback()
         except Exception as error:  # the connection may be gone with the database
             log.debug("rollback after a failed call failed too: %s", error)
+
+
+def page_dependencies(query: PersonQuery, page: Sequence[Person], *, more: bool) -> Dependencies:
+    """What a stored page depends on: the persons it shows (and their addresses, in
+    the full view), and its criteria over ids up to its last person when more
+    follow (open-ended otherwise). The look-ahead row that tells whether more
+    follow is not part of it: a change of that row leaves the page as it is
+    (only whether a next page exists may change, which the next page tells)."""
+    ids = [person.id for person in page]
+    addresses = [a.id for person in page for a in person.addresses] if query.full else []
+    deps = Dependencies.for_person_query(query, ids, addresses)
+    if not more or not ids:
+        return deps
+    criteria = tuple(dataclasses.replace(c, through_id=ids[-1]) for c in deps.criteria)
+    return dataclasses.replace(deps, criteria=criteria)
 
 
 def render_person(person: Person, *, full: bool) -> pb.Person:

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import dataclasses
 import time
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator
 from concurrent.futures import Executor
@@ -31,6 +32,7 @@ from sqlalchemy.orm import object_session
 from sesscache.backend import SharedMemoryBackend
 from sesscache.caching import CachedResult
 from sesscache.core import CacheCore
+from sesscache.freshness import Freshness
 from sesscache.memo import Memo
 from sesscache.regions import LOCAL_REGION, SHARED_REGION, clear_shared, shared_entries
 from sesscache.registry import ScopeKey, SessionRegistry, SessionState
@@ -62,6 +64,7 @@ from sesscache_server.inspection import (
     Inspector,
     entry_message,
     event_message,
+    feed_message,
     limits_hit,
     miss_message,
     server_totals,
@@ -110,8 +113,11 @@ class SessionCacheServicer(pb_grpc.SessionCacheServicer):
         info: pb.ServerInfo | None = None,
         max_watchers: int = 64,
         max_watchers_per_principal: int = 8,
+        freshness: Freshness | None = None,
     ) -> None:
         self.registry = registry
+        #: The change feed (None: not followed, e.g. an in-memory database).
+        self.freshness = freshness
         self.service = service
         self.tokens = tokens
         self.executor = executor
@@ -125,7 +131,7 @@ class SessionCacheServicer(pb_grpc.SessionCacheServicer):
         self.max_watchers_per_principal = max_watchers_per_principal
         #: WatchCacheEvents streams open, by principal.
         self.watchers: collections.Counter[str] = collections.Counter()
-        self.core = CacheCore(registry, executor)
+        self.core = CacheCore(registry, executor, freshness)
         self._known_requests: Memo[bytes, validation.PersonsRequest] = Memo(
             validation.known_request_size,
             max_bytes=validation.KNOWN_REQUESTS_BYTES,
@@ -146,6 +152,10 @@ class SessionCacheServicer(pb_grpc.SessionCacheServicer):
         session_id = self._session_id(context)
         persons = self._validated(request)
         principal = current_principal().name
+        freshness = self.freshness
+        if freshness is not None and not freshness.vouching and not persons.bypass_cache:
+            # The change feed is lost past --freshness-timeout: read the database.
+            persons = dataclasses.replace(persons, bypass_cache=True)
         key = None if persons.bypass_cache else self.service.known_key(persons)
         if session_id is not None and key is not None:
             hit = self.core.rendered_hit(session_id, principal, key, RESPONSE_RENDERING)
@@ -158,6 +168,10 @@ class SessionCacheServicer(pb_grpc.SessionCacheServicer):
                 if rendered is not None:
                     return self._hit(state, *rendered)
             served = await self.core.run(state, self.service.query_persons, persons)
+            if freshness is not None and served.deps is not None:
+                freshness.stored(
+                    state, served.response.cache_key, served.stored, served.deps, served.seen
+                )
         self.registry.trim()
         response = served.response
         if served.miss is not None:
@@ -282,6 +296,8 @@ class SessionCacheServicer(pb_grpc.SessionCacheServicer):
                 limits_hit=limits_hit(self.registry, self.inspector),
             )
         )
+        if self.freshness is not None:
+            response.feed.CopyFrom(feed_message(self.freshness.stats()))
         return response
 
     async def ResetStats(
@@ -621,6 +637,8 @@ class SessionCacheServicer(pb_grpc.SessionCacheServicer):
         session_id = self._session_id(context)
         async with self._session(session_id, context) as state:
             done = await self.core.run(state, work, argument)
+            if self.freshness is not None:
+                self.freshness.wrote(state, done.own)
         return done.person
 
     # -- why a miss -----------------------------------------------------------------

@@ -28,7 +28,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Literal, TypeVar, cast
 
-from sqlalchemy import String, delete, inspect, select
+from sqlalchemy import String, delete, inspect, select, text
 from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.orm import Session
 from sqlalchemy.orm.attributes import set_committed_value
@@ -36,6 +36,8 @@ from sqlalchemy.orm.exc import StaleDataError
 
 from sesscache.backend import store_for
 from sesscache.caching import CachedResult
+from sesscache.changes import CHANGE_TABLE, STATE_TABLE
+from sesscache.freshness import OwnWrite
 from sesscache.models import Address, Person, PostalCode
 from sesscache.registry import SessionRegistry
 from sesscache.store import Entry, RemovalReason, SessionStore
@@ -204,6 +206,8 @@ class WriteResult:
 
     person: pb.Person
     removed: list[Entry]
+    #: The change-log rows this write's transaction made (see sesscache.freshness).
+    own: OwnWrite | None = None
 
 
 class PersonWriter:
@@ -225,7 +229,9 @@ class PersonWriter:
         """``work`` in one transaction of the current Session, then the cache."""
         session = self.registry.current_session()
         try:
+            after = _lock_log(session)
             written, message = work(session)
+            own = _own_changes(session, after)
             session.commit()
         except ServiceError:
             # A check failed before anything was changed: end the transaction
@@ -246,7 +252,7 @@ class PersonWriter:
             _forget(session, written.person)
         store = store_for(session, create=False)
         removed = invalidate_after_write(store, written) if store is not None else []
-        return WriteResult(message, removed)
+        return WriteResult(message, removed, own)
 
     def _create(self, session: Session, new: NewPerson) -> tuple[Written, pb.Person]:
         codes = {address.postal_code for address in new.addresses}
@@ -271,6 +277,7 @@ class PersonWriter:
         ]
         session.add(person)
         session.flush()  # INSERT ... RETURNING id, version: ALREADY_EXISTS here
+        _reread_version(session, person)  # each address's trigger raised it
         return Written(person, "create", True), _message(person)
 
     def _update(self, session: Session, change: PersonChange) -> tuple[Written, pb.Person]:
@@ -315,6 +322,30 @@ class PersonWriter:
             delete(Person).where(Person.id == removal.id), execution_options=unsynchronized
         )
         return Written(person, "delete", True), message
+
+
+def _lock_log(session: Session) -> int:
+    """On SQLite, take the database's write lock now and return the change log's
+    last id: every change id above it until the commit is this transaction's."""
+    if session.get_bind().dialect.name != "sqlite":
+        return 0
+    session.execute(text(f"UPDATE {STATE_TABLE} SET id = id WHERE id = 1"))  # noqa: S608
+    return _last_change_id(session)
+
+
+def _last_change_id(session: Session) -> int:
+    value = session.scalar(
+        text("SELECT seq FROM sqlite_sequence WHERE name = :table"), {"table": CHANGE_TABLE}
+    )
+    return int(value or 0)
+
+
+def _own_changes(session: Session, after: int) -> OwnWrite:
+    """The changes this transaction logged: its txid (PostgreSQL), its id range (SQLite)."""
+    if session.get_bind().dialect.name != "sqlite":
+        txid = session.scalar(text("SELECT pg_current_xact_id()::text"))
+        return OwnWrite(txid=int(str(txid)))
+    return OwnWrite(after=after, through=_last_change_id(session))
 
 
 def _current(session: Session, person_id: int, etag: str) -> Person:
