@@ -38,6 +38,7 @@ import json
 import os
 import re
 import statistics
+import subprocess
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable, Iterable, Sequence
@@ -47,6 +48,7 @@ from typing import Any, TypeVar
 import grpc
 import redis
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from sqlalchemy import make_url
 
 from harness.child import Child
 from scale.load import MACHINE, LoadResult, LoadSpec, run_load
@@ -229,6 +231,8 @@ class Scenario:
             await self.placement()
             await self.spread()
             await self.memory(rss_before, rss_after)
+            self._progress("a psql write")
+            await self.external_write()
             if self.settings.bench:
                 self._progress("throughput")
                 await self.throughput()
@@ -348,6 +352,97 @@ class Scenario:
                     "errors": errors,
                     "seconds": round(elapsed, 2),
                 },
+            )
+        )
+
+    async def external_write(self) -> None:
+        """A street changed with ``psql`` (another program, not the service) reaches a
+        session on every replica: each one's cached query of that person misses,
+        saying which change removed it, and shows the new street."""
+        replicas = self.live()
+        name = person_name(3)
+        on: dict[str, str] = {}
+        for n in range(200):
+            if len(on) == len(replicas):
+                break
+            session = f"psql-{n}"
+            await self.query(self.proxy, session, name)
+            (holder,) = await self.holders(session, replicas) or ["?"]
+            if holder in on or holder == "?":
+                await self.stub(self.proxy).EndSession(
+                    pb.EndSessionRequest(), metadata=(("session-id", session),)
+                )
+                continue
+            on[holder] = session
+        for session in on.values():  # cached: a HIT now
+            assert (await self.query(self.proxy, session, name)).cache_status == HIT
+        street = f"changed by psql {time.time():.0f}"
+        url = make_url(self.topology.database_url).set(drivername="postgresql")
+        sql = (
+            f"UPDATE address SET street = '{street}' "  # noqa: S608 (our own constants)
+            f"WHERE person_id = (SELECT id FROM person WHERE name = '{name}')"
+        )
+        committed = time.monotonic()
+        await asyncio.to_thread(
+            subprocess.run,
+            [
+                "psql",
+                url.render_as_string(hide_password=False),
+                "-qX",
+                "-v",
+                "ON_ERROR_STOP=1",
+                "-c",
+                sql,
+            ],
+            check=True,
+            capture_output=True,
+            timeout=60,
+        )
+        seen: dict[str, float] = {}
+        reasons: dict[str, str] = {}
+        deadline = committed + 10
+        while len(seen) < len(on) and time.monotonic() < deadline:
+            for replica, session in on.items():
+                if replica in seen:
+                    continue
+                explained = await self.stub(self.proxy).ExplainCacheKey(
+                    pb.ExplainCacheKeyRequest(query=pb.QueryPersonsRequest(name=name)),
+                    metadata=(("session-id", session),),
+                    timeout=CALL_TIMEOUT,
+                )
+                if not explained.cached:
+                    seen[replica] = time.monotonic() - committed
+                    reasons[replica] = pb.MissReason.Name(explained.miss.reason)
+            await asyncio.sleep(0.01)
+        fresh = {}
+        for replica, session in on.items():
+            response = await self.query(self.proxy, session, name)
+            fresh[replica] = (
+                response.cache_status == MISS
+                and response.miss.reason == pb.MISS_REASON_CHANGED
+                and all(a.street == street for p in response.persons for a in p.addresses)
+            )
+        # The scenario's own sessions that cached this person missed too (as they
+        # should): query them once more, so the checks after this one find HITs.
+        await self.bounded(
+            (
+                self.query(self.proxy, session, name)
+                for index, session in enumerate(self.sessions)
+                if self.person(index) == name
+            ),
+            32,
+        )
+        passed = len(on) == len(replicas) and len(seen) == len(on) and all(fresh.values())
+        self.add(
+            Check(
+                "psql write reaches every replica",
+                passed,
+                f"UPDATE by psql invalidated the cached query on {len(seen)}/{len(replicas)} "
+                "replicas' sessions ("
+                + ", ".join(f"{r} {seen[r] * 1000:.0f} ms" for r in sorted(seen))
+                + "); each then misses with MISS_REASON_CHANGED and shows the new street",
+                details=[f"{r}: {reasons.get(r, 'still cached')}" for r in sorted(on)],
+                figures={f"{r}_ms": round(seen[r] * 1000, 1) for r in seen},
             )
         )
 
