@@ -358,8 +358,7 @@ class SessionRegistry:
         with self._lock:
             state = self._states.get((principal, session_id))
             if state is not None:
-                self._states.move_to_end(state.key)
-                self._by_principal[principal].move_to_end(state.key)
+                self._touch(state)
                 state.last_active = time.time()
                 state.last_active_monotonic = time.monotonic()
             return state
