@@ -32,6 +32,7 @@ from sesscache.feed import (
     percentile,
 )
 from tests.support.plain import connect, conninfo_params, run, run_all
+from tests.support.polling import wait_until
 from tests.support.postgres import PostgresServer
 
 SETTINGS = FeedSettings(
@@ -181,6 +182,9 @@ def test_postgres_a_late_commit_with_a_smaller_id_is_delivered_not_skipped(
             first.execute("UPDATE person SET name = 'first, later' WHERE id = 200")
             first.commit()
             recorder.wait(lambda: len(recorder.changes) == 3, "the late transaction")
+        # The position moves past the late rows on a read after their transaction
+        # ended: wait for it while the follower still runs.
+        wait_until(lambda: follower.position == follower.head, what="the position to catch up")
     by_row = {(c.row_id, c.op.value): c for c in recorder.changes}
     early, late = by_row[(200, "I")], by_row[(201, "I")]
     assert early.id < late.id  # allocated first, committed last
